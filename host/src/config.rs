@@ -1,0 +1,560 @@
+//! `llamagate.toml`, merged with command-line flags and environment variables.
+//!
+//! The file is optional; flags add to it (`--proxy`, `--connection`, `--alias`,
+//! `--plugin`) or override it (`--listen`). Every key is documented in the
+//! README's configuration table. A bad value fails start-up naming its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::plugin::Limits;
+
+/// The name under which the embedded default policy is referred to.
+pub const BUILTIN_DEFAULT_POLICY: &str = "builtin:default-policy";
+
+/// The whole configuration, ready to use.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body read into memory, in bytes.
+    pub max_body_size: usize,
+    /// Time to connect to a backend before trying the next.
+    pub connect_timeout: Duration,
+    /// Time a list endpoint waits for each backend.
+    pub fanout_timeout: Duration,
+    /// Interval between health and model probes.
+    pub probe_interval: Duration,
+    /// Backends, `(id, url)`, in order.
+    pub connections: Vec<(String, String)>,
+    /// The plugin chain, in order.
+    pub plugins: Vec<PluginSpec>,
+}
+
+/// One plugin of the chain.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Name used in logs and errors.
+    pub name: String,
+    /// Where the component comes from.
+    pub source: PluginSource,
+    /// The plugin's config table, as JSON text.
+    pub config_json: String,
+    /// Sandbox limits.
+    pub limits: Limits,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginSource {
+    /// The default policy embedded in the binary.
+    Builtin,
+    /// A `.wasm` file.
+    File(PathBuf),
+}
+
+impl PluginSource {
+    /// The component's bytes.
+    pub fn load(&self) -> anyhow::Result<Vec<u8>> {
+        match self {
+            PluginSource::Builtin => Ok(crate::DEFAULT_POLICY_WASM.to_vec()),
+            PluginSource::File(path) => {
+                std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))
+            }
+        }
+    }
+}
+
+/// `llamagate.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `listen`
+    pub listen: Option<String>,
+    /// `max_body_size`
+    pub max_body_size: Option<Size>,
+    /// `connect_timeout`
+    pub connect_timeout: Option<Text>,
+    /// `fanout_timeout`
+    pub fanout_timeout: Option<Text>,
+    /// `probe_interval`
+    pub probe_interval: Option<Text>,
+    /// `default_policy`: whether the built-in policy runs first (default true).
+    pub default_policy: Option<bool>,
+    /// `[connections]`: id → URL.
+    #[serde(default)]
+    pub connections: BTreeMap<String, String>,
+    /// `[policy]`: the default policy's config.
+    #[serde(default)]
+    pub policy: toml::Table,
+    /// `[[plugins]]`
+    #[serde(default)]
+    pub plugins: Vec<FilePlugin>,
+}
+
+/// A `[[plugins]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePlugin {
+    /// Name in logs; defaults to the file's stem.
+    pub name: Option<String>,
+    /// Path of the `.wasm` component (relative to the config file), or
+    /// `builtin:default-policy` to place the built-in policy in the chain.
+    pub path: String,
+    /// Time one call may take (`"100ms"`).
+    pub time_limit: Option<Text>,
+    /// Memory one instance may use (`"64MiB"`).
+    pub memory_limit: Option<Size>,
+    /// The plugin's own config, passed to its `init`.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// A string value (durations).
+pub type Text = String;
+
+/// A size: bytes as an integer, or a string with a unit (`"64MiB"`, `"1GB"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    /// Bytes.
+    Bytes(u64),
+    /// With a unit.
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self, key: &str) -> anyhow::Result<usize> {
+        match self {
+            Size::Bytes(n) => Ok(*n as usize),
+            Size::Text(s) => parse_size(s).with_context(|| format!("{key}: {s:?} is not a size")),
+        }
+    }
+}
+
+/// Command-line and environment settings that add to or override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config`
+    pub config: Option<PathBuf>,
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--proxy model=dest` and `--proxies`
+    pub proxies: Vec<(String, String)>,
+    /// `--connection id=url` and `--connections`
+    pub connections: Vec<(String, String)>,
+    /// `--alias a=b` and `--aliases`
+    pub aliases: Vec<(String, String)>,
+    /// `--list-aliases`
+    pub list_aliases: bool,
+    /// `--plugin x.wasm`
+    pub plugins: Vec<PathBuf>,
+    /// `--no-default-policy`
+    pub no_default_policy: bool,
+}
+
+impl Config {
+    /// Reads the config file (if any) and applies the overrides.
+    pub fn load(overrides: &Overrides) -> anyhow::Result<Config> {
+        let (file, base) = match &overrides.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let file: FileConfig =
+                    toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+                (
+                    file,
+                    path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                )
+            }
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        Config::build(file, &base, overrides)
+    }
+
+    /// Builds the config from a parsed file; relative plugin paths are taken from `base`.
+    pub fn build(file: FileConfig, base: &Path, overrides: &Overrides) -> anyhow::Result<Config> {
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "0.0.0.0:11434".into());
+        let listen = parse_listen(&listen_text)?;
+
+        let mut connections: Vec<(String, String)> = Vec::new();
+        for (id, url) in file
+            .connections
+            .into_iter()
+            .chain(overrides.connections.clone())
+        {
+            let url = check_url(&url).with_context(|| format!("connections.{id}"))?;
+            match connections.iter_mut().find(|(i, _)| *i == id) {
+                Some(existing) => existing.1 = url,
+                None => connections.push((id, url)),
+            }
+        }
+
+        let mut policy = file.policy;
+        resolve_policy_models(&mut policy, &overrides.proxies, &mut connections)?;
+        let aliases = table_entry(&mut policy, "aliases")?;
+        for (alias, target) in &overrides.aliases {
+            aliases.insert(alias.clone(), toml::Value::String(target.clone()));
+        }
+        if overrides.list_aliases {
+            policy.insert("list_aliases".into(), toml::Value::Boolean(true));
+        }
+        if connections.is_empty() {
+            bail!(
+                "no backends configured: give --proxy MODEL=URL, --connection ID=URL, \
+                 or a [connections] table in the config file"
+            );
+        }
+        let policy_json = serde_json::to_string(&policy).context("[policy]")?;
+
+        let mut plugins = Vec::new();
+        let mut builtin_listed = false;
+        for (i, p) in file.plugins.into_iter().enumerate() {
+            let key = format!("plugins[{i}]");
+            let source = if p.path == BUILTIN_DEFAULT_POLICY {
+                builtin_listed = true;
+                if !p.config.is_empty() {
+                    bail!("{key}.config: the built-in policy takes its config from [policy]");
+                }
+                PluginSource::Builtin
+            } else {
+                PluginSource::File(base.join(&p.path))
+            };
+            let name = p.name.clone().unwrap_or_else(|| plugin_name(&source));
+            let config_json = match source {
+                PluginSource::Builtin => policy_json.clone(),
+                PluginSource::File(_) => serde_json::to_string(&p.config).context("config")?,
+            };
+            let mut limits = Limits::default();
+            if let Some(t) = &p.time_limit {
+                limits.time = parse_duration(t).with_context(|| format!("{key}.time_limit"))?;
+            }
+            if let Some(m) = &p.memory_limit {
+                limits.memory = m.bytes(&format!("{key}.memory_limit"))?;
+                if limits.memory > 1 << 30 {
+                    bail!("{key}.memory_limit: at most 1GiB");
+                }
+            }
+            plugins.push(PluginSpec {
+                name,
+                source,
+                config_json,
+                limits,
+            });
+        }
+        for path in &overrides.plugins {
+            let source = PluginSource::File(path.clone());
+            plugins.push(PluginSpec {
+                name: plugin_name(&source),
+                source,
+                config_json: "{}".into(),
+                limits: Limits::default(),
+            });
+        }
+        let default_policy = file.default_policy.unwrap_or(true) && !overrides.no_default_policy;
+        if default_policy && !builtin_listed {
+            plugins.insert(
+                0,
+                PluginSpec {
+                    name: "default-policy".into(),
+                    source: PluginSource::Builtin,
+                    config_json: policy_json,
+                    limits: Limits::default(),
+                },
+            );
+        }
+        if plugins.is_empty() {
+            bail!("no policy plugins: the default policy is off and no [[plugins]] are given");
+        }
+
+        let duration = |value: Option<String>, key: &str, default: Duration| match value {
+            Some(t) => parse_duration(&t).with_context(|| key.to_string()),
+            None => Ok(default),
+        };
+        Ok(Config {
+            listen,
+            max_body_size: match file.max_body_size {
+                Some(s) => s.bytes("max_body_size")?,
+                None => 256 << 20,
+            },
+            connect_timeout: duration(
+                file.connect_timeout,
+                "connect_timeout",
+                Duration::from_secs(5),
+            )?,
+            fanout_timeout: duration(
+                file.fanout_timeout,
+                "fanout_timeout",
+                Duration::from_secs(5),
+            )?,
+            probe_interval: duration(
+                file.probe_interval,
+                "probe_interval",
+                Duration::from_secs(10),
+            )?,
+            connections,
+            plugins,
+        })
+    }
+}
+
+fn plugin_name(source: &PluginSource) -> String {
+    match source {
+        PluginSource::Builtin => "default-policy".into(),
+        PluginSource::File(path) => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string()),
+    }
+}
+
+/// `[policy.models]` values may be connection ids or URLs (gollamas' `--proxy
+/// model=url`); URLs become connections, one per distinct URL, and every value
+/// becomes a list of ids.
+fn resolve_policy_models(
+    policy: &mut toml::Table,
+    proxies: &[(String, String)],
+    connections: &mut Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    let models = table_entry(policy, "models")?;
+    for (model, dest) in proxies {
+        models.insert(model.clone(), toml::Value::String(dest.clone()));
+    }
+    for (model, value) in models.iter_mut() {
+        let key = format!("policy.models.{model:?}");
+        let dests: Vec<String> = match value {
+            toml::Value::String(s) => vec![s.clone()],
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .with_context(|| format!("{key}: expected connection ids or URLs"))?,
+            _ => bail!("{key}: expected a connection id, a URL, or a list of them"),
+        };
+        let mut ids = Vec::new();
+        for dest in dests {
+            let id = if dest.contains("://") {
+                let url = check_url(&dest).with_context(|| key.clone())?;
+                match connections.iter().find(|(_, u)| *u == url) {
+                    Some((id, _)) => id.clone(),
+                    None => {
+                        let id = url_id(&url, connections);
+                        connections.push((id.clone(), url));
+                        id
+                    }
+                }
+            } else if connections.iter().any(|(id, _)| *id == dest) {
+                dest
+            } else {
+                bail!("{key}: unknown connection {dest:?} (define it with --connection {dest}=URL or in [connections])");
+            };
+            ids.push(toml::Value::String(id));
+        }
+        *value = toml::Value::Array(ids);
+    }
+    Ok(())
+}
+
+/// An id for a URL-only backend: its `host:port`, made unique.
+fn url_id(url: &str, taken: &[(String, String)]) -> String {
+    let base = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/')
+        .to_string();
+    let mut id = base.clone();
+    let mut n = 2;
+    while taken.iter().any(|(i, _)| *i == id) {
+        id = format!("{base}#{n}");
+        n += 1;
+    }
+    id
+}
+
+fn table_entry<'a>(table: &'a mut toml::Table, key: &str) -> anyhow::Result<&'a mut toml::Table> {
+    table
+        .entry(key)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .with_context(|| format!("policy.{key}: expected a table"))
+}
+
+fn check_url(url: &str) -> anyhow::Result<String> {
+    let url = url.trim().trim_end_matches('/').to_string();
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("{url:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => bail!("{url:?}: https backends are not supported yet; use http"),
+        _ => bail!("{url:?}: expected http://host:port"),
+    }
+    anyhow::ensure!(uri.host().is_some(), "{url:?}: no host");
+    Ok(url)
+}
+
+/// Accepts `host:port`, `:port` and gollamas' `localhost:11434`.
+fn parse_listen(text: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let text = text.trim();
+    let full = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_string()
+    };
+    full.to_socket_addrs()
+        .with_context(|| format!("listen: {text:?} is not an address (expected host:port)"))?
+        .next()
+        .with_context(|| format!("listen: {text:?} resolves to no address"))
+}
+
+/// Parses `100ms`, `5s`, `2m`, `1h30m`.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(text.trim())
+        .with_context(|| format!("{text:?} is not a duration (e.g. \"500ms\", \"5s\")"))
+}
+
+/// Parses `1048576`, `512KiB`, `64MiB`, `1GiB`, `100MB`.
+pub fn parse_size(text: &str) -> anyhow::Result<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().context("no number")?;
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"),
+    };
+    Ok((number * multiplier) as usize)
+}
+
+/// Splits gollamas' `a=b,c=d` lists.
+pub fn parse_pairs(text: &str, what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| parse_pair(pair, what))
+        .collect()
+}
+
+/// Splits one `key=value` (the key may contain `:`; the split is at the first `=`).
+pub fn parse_pair(pair: &str, what: &str) -> anyhow::Result<(String, String)> {
+    match pair.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        }
+        _ => bail!("{what}: {pair:?} is not of the form NAME=VALUE"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(toml_text: &str, o: Overrides) -> anyhow::Result<Config> {
+        Config::build(toml::from_str(toml_text)?, Path::new("/etc/llamagate"), &o)
+    }
+
+    #[test]
+    fn gollamas_flags_make_connections_per_url() {
+        let o = Overrides {
+            proxies: vec![
+                ("llama3.2".into(), "http://gpu-01:11434".into()),
+                ("tinyllama".into(), "http://gpu-01:11434/".into()),
+                ("qwen".into(), "c2".into()),
+            ],
+            connections: vec![("c2".into(), "http://gpu-02:11434".into())],
+            ..Default::default()
+        };
+        let c = build("", o).unwrap();
+        assert_eq!(
+            c.connections,
+            vec![
+                ("c2".to_string(), "http://gpu-02:11434".to_string()),
+                (
+                    "gpu-01:11434".to_string(),
+                    "http://gpu-01:11434".to_string()
+                ),
+            ]
+        );
+        let policy: serde_json::Value = serde_json::from_str(&c.plugins[0].config_json).unwrap();
+        assert_eq!(
+            policy["models"]["tinyllama"],
+            serde_json::json!(["gpu-01:11434"])
+        );
+        assert_eq!(c.listen.to_string(), "0.0.0.0:11434");
+    }
+
+    #[test]
+    fn unknown_connection_is_named() {
+        let err = build("[policy.models]\n\"m\" = \"nope\"\n", Overrides::default()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("policy.models.\"m\": unknown connection \"nope\""),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = toml::from_str::<FileConfig>("lisen = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+    }
+
+    #[test]
+    fn plugins_chain_order_and_limits() {
+        let c = build(
+            r#"
+            [connections]
+            a = "http://127.0.0.1:1"
+            [[plugins]]
+            path = "teams.wasm"
+            time_limit = "20ms"
+            memory_limit = "16MiB"
+            config = { teams = 1 }
+            "#,
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.plugins.len(), 2);
+        assert_eq!(c.plugins[0].source, PluginSource::Builtin);
+        assert_eq!(c.plugins[1].name, "teams");
+        assert_eq!(
+            c.plugins[1].source,
+            PluginSource::File("/etc/llamagate/teams.wasm".into())
+        );
+        assert_eq!(c.plugins[1].limits.time, Duration::from_millis(20));
+        assert_eq!(c.plugins[1].limits.memory, 16 << 20);
+        assert_eq!(c.plugins[1].config_json, r#"{"teams":1}"#);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(parse_listen(":8080").unwrap().port(), 8080);
+        assert!(parse_listen("localhost:11434").is_ok());
+        assert!(parse_listen("nonsense").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! Error responses in the shape the client's API speaks, and the errors a
+//! request can meet on its way, tagged with where they came from.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::endpoint::{ApiStyle, Endpoint};
+use crate::plugin::PluginError;
+use crate::ResponseBody;
+
+/// Where a failure came from, so clients can tell "your request is bad" from
+/// "the backend is down" from "the policy said no".
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The client sent something unusable.
+    #[error("{message}")]
+    Client {
+        /// HTTP status (400, 404, 413...).
+        status: StatusCode,
+        /// Error text.
+        message: String,
+    },
+    /// A policy plugin failed (trap, time or memory limit, bad answer).
+    #[error("llamagate policy error: {0}")]
+    Plugin(#[from] PluginError),
+    /// A policy plugin gave an answer llamagate cannot act on.
+    #[error("llamagate policy error: plugin {plugin:?} {message}")]
+    PluginAnswer {
+        /// Plugin name.
+        plugin: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// No backend could be reached.
+    #[error("{0}")]
+    Upstream(String),
+}
+
+impl GatewayError {
+    /// A client error with a status.
+    pub fn client(status: StatusCode, message: impl Into<String>) -> Self {
+        GatewayError::Client {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Client { status, .. } => *status,
+            GatewayError::Plugin(_) | GatewayError::PluginAnswer { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Renders the error for a client of `style`.
+    pub fn into_response(self, style: ApiStyle) -> Response<ResponseBody> {
+        let status = self.status();
+        if matches!(
+            self,
+            GatewayError::Plugin(_) | GatewayError::PluginAnswer { .. }
+        ) {
+            tracing::error!("{self}");
+        }
+        error_response(style, status, &self.to_string())
+    }
+}
+
+/// A JSON error body: `{"error":"..."}` for Ollama, OpenAI's envelope for `/v1`.
+pub fn error_response(
+    style: ApiStyle,
+    status: StatusCode,
+    message: &str,
+) -> Response<ResponseBody> {
+    let body = match style {
+        ApiStyle::Ollama => serde_json::json!({ "error": message }),
+        ApiStyle::OpenAi => {
+            let kind = match status.as_u16() {
+                400 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                429 => "rate_limit_error",
+                _ => "api_error",
+            };
+            serde_json::json!({
+                "error": { "message": message, "type": kind, "param": null, "code": null }
+            })
+        }
+    };
+    let content_type = match style {
+        ApiStyle::Ollama => "application/json; charset=utf-8",
+        ApiStyle::OpenAi => "application/json",
+    };
+    json_response(status, content_type, body.to_string().into())
+}
+
+/// A response with a JSON body.
+pub fn json_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(crate::full_body(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A plain-text response, as Ollama sends for unknown paths and methods.
+pub fn text_response(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(crate::full_body(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// "model not found" worded as Ollama words it for this endpoint.
+pub fn model_not_found(endpoint: Endpoint, model: &str) -> GatewayError {
+    use Endpoint as E;
+    let message = match endpoint {
+        E::Chat | E::Embed | E::Embeddings | E::OpenaiChat | E::OpenaiEmbeddings => {
+            format!("model {} not found, try pulling it first", go_quote(model))
+        }
+        E::Copy => format!("model {} not found", go_quote(model)),
+        _ => format!("model '{model}' not found"),
+    };
+    GatewayError::client(StatusCode::NOT_FOUND, message)
+}
+
+/// The error Ollama gives when a request names no model.
+pub fn model_missing(endpoint: Endpoint) -> GatewayError {
+    use Endpoint as E;
+    match endpoint {
+        E::Generate | E::OpenaiCompletions | E::Embed => {
+            GatewayError::client(StatusCode::NOT_FOUND, "model '' not found")
+        }
+        E::Pull | E::Create => GatewayError::client(StatusCode::BAD_REQUEST, "invalid model name"),
+        E::Copy => GatewayError::client(StatusCode::BAD_REQUEST, "source \"\" is invalid"),
+        _ => GatewayError::client(StatusCode::BAD_REQUEST, "model is required"),
+    }
+}
+
+/// Go's `%q` for ordinary strings: JSON string quoting is the same for them.
+fn go_quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
+}

@@ -1,0 +1,181 @@
+//! List-style endpoints: ask every backend at once, merge the answers.
+//!
+//! - `/api/tags`, `/api/ps`: `models[]` merged, de-duplicated by normalised name,
+//!   then passed through the chain's `list-models` (which hides and aliases).
+//! - `/v1/models`: `data[]` likewise, keyed by `id`.
+//! - `/api/version`: the lowest version, compared as versions.
+//!
+//! A backend that fails or times out is skipped; only when none answers is the
+//! result an error.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use llamagate_sdk::names;
+use serde_json::{json, Value};
+
+use crate::endpoint::Endpoint;
+use crate::error::GatewayError;
+use crate::fleet::BackendState;
+use crate::gateway::{json as json_response, Gateway};
+use crate::plugin::{ListedModel, Request};
+use crate::policy::Chain;
+use crate::ResponseBody;
+
+/// Serves a fan-out endpoint.
+pub async fn serve(
+    gateway: &Gateway,
+    chain: &Chain,
+    request: &Request,
+    head: bool,
+) -> Result<http::Response<ResponseBody>, GatewayError> {
+    let (path, list_key, name_key) = match request.endpoint {
+        Endpoint::Version => ("/api/version", "", ""),
+        Endpoint::Tags => ("/api/tags", "models", "name"),
+        Endpoint::Ps => ("/api/ps", "models", "name"),
+        Endpoint::OpenaiModels => ("/v1/models", "data", "id"),
+        other => unreachable!("{other:?} is not a fan-out endpoint"),
+    };
+    let answers = ask_all(gateway, path).await?;
+    if request.endpoint == Endpoint::Version {
+        let versions: Vec<&str> = answers
+            .iter()
+            .filter_map(|(_, v)| v.get("version").and_then(Value::as_str))
+            .collect();
+        let lowest = crate::version::lowest(versions.iter().copied())
+            .ok_or_else(|| GatewayError::Upstream("no backend reported a version".into()))?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({ "version": lowest }),
+            head,
+        ));
+    }
+
+    let merged = merge(&answers, list_key, name_key);
+    let listed: Vec<ListedModel> = merged
+        .iter()
+        .map(|m| ListedModel {
+            name: m.name.clone(),
+            source: m.name.clone(),
+            backends: m.backends.clone(),
+        })
+        .collect();
+    let shown = chain.list(request, listed)?;
+    let items: Vec<Value> = shown
+        .iter()
+        .filter_map(|entry| {
+            let source = merged
+                .iter()
+                .find(|m| m.name == entry.source)
+                .or_else(|| merged.iter().find(|m| names::same(&m.name, &entry.source)))?;
+            let mut item = source.item.clone();
+            if entry.name != source.name {
+                item[name_key] = Value::String(entry.name.clone());
+                if name_key == "name" {
+                    item["model"] = Value::String(entry.name.clone());
+                }
+            }
+            Some(item)
+        })
+        .collect();
+    let body = match request.endpoint {
+        Endpoint::OpenaiModels => json!({ "object": "list", "data": items }),
+        _ => json!({ "models": items }),
+    };
+    Ok(json_response(StatusCode::OK, &body, head))
+}
+
+/// One model of a merged listing.
+struct Merged {
+    name: String,
+    item: Value,
+    backends: Vec<String>,
+}
+
+fn merge(answers: &[(String, Value)], list_key: &str, name_key: &str) -> Vec<Merged> {
+    let mut merged: Vec<(String, Merged)> = Vec::new();
+    for (backend, answer) in answers {
+        let Some(items) = answer.get(list_key).and_then(Value::as_array) else {
+            continue;
+        };
+        for item in items {
+            let Some(name) = item.get(name_key).and_then(Value::as_str) else {
+                continue;
+            };
+            let key = names::key(name);
+            match merged.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, m)) => m.backends.push(backend.clone()),
+                None => merged.push((
+                    key,
+                    Merged {
+                        name: name.to_string(),
+                        item: item.clone(),
+                        backends: vec![backend.clone()],
+                    },
+                )),
+            }
+        }
+    }
+    merged.into_iter().map(|(_, m)| m).collect()
+}
+
+/// GETs `path` from every backend concurrently; returns the JSON answers of
+/// those that gave one, or an error naming every failure if none did.
+async fn ask_all(gateway: &Gateway, path: &str) -> Result<Vec<(String, Value)>, GatewayError> {
+    let timeout = gateway.settings().fanout_timeout;
+    let asks = gateway
+        .fleet
+        .all()
+        .iter()
+        .map(|backend: &Arc<BackendState>| {
+            let upstream = gateway.upstream.clone();
+            async move {
+                let result = upstream.get_json::<Value>(backend, path, timeout).await;
+                backend.set_healthy(result.is_ok());
+                (backend.id.clone(), result)
+            }
+        });
+    let results = futures_util::future::join_all(asks).await;
+    let mut answers = Vec::new();
+    let mut failures = Vec::new();
+    for (id, result) in results {
+        match result {
+            Ok(value) => answers.push((id, value)),
+            Err(e) => {
+                tracing::warn!(backend = %id, "skipped in {path}: {e:#}");
+                failures.push(format!("backend {id:?}: {e:#}"));
+            }
+        }
+    }
+    if answers.is_empty() && !failures.is_empty() {
+        return Err(GatewayError::Upstream(format!(
+            "no backend answered {path}: {}",
+            failures.join("; ")
+        )));
+    }
+    Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_by_normalised_name() {
+        let answers = vec![
+            (
+                "a".to_string(),
+                json!({"models":[{"name":"llama3.2:latest"},{"name":"x:1b"}]}),
+            ),
+            (
+                "b".to_string(),
+                json!({"models":[{"name":"LLAMA3.2"},{"name":"y:latest"}]}),
+            ),
+            ("c".to_string(), json!({"models":null})),
+        ];
+        let merged = merge(&answers, "models", "name");
+        let names: Vec<&str> = merged.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["llama3.2:latest", "x:1b", "y:latest"]);
+        assert_eq!(merged[0].backends, ["a", "b"]);
+    }
+}

@@ -1,0 +1,59 @@
+//! The `llamagate` binary.
+
+use clap::Parser;
+use llamagate::cli::{Cli, Command};
+use llamagate::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        EnvFilter::try_new(cli.serve.log_filter()).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("llamagate: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Demo(_)) => llamagate::demo::run(cli.serve.listen.clone()).await,
+        Some(Command::Sim(args)) => {
+            let listen = cli
+                .serve
+                .listen
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:11435".into());
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            println!(
+                "simulated Ollama listening on http://{}",
+                listener.local_addr()?
+            );
+            let options = llamagate::sim::SimOptions {
+                models: args.models,
+                version: args.version,
+                chunks: args.chunks,
+                chunk_delay: std::time::Duration::from_millis(args.chunk_delay_ms),
+                ..Default::default()
+            };
+            tokio::select! {
+                r = llamagate::sim::serve(listener, options) => r,
+                _ = llamagate::server::shutdown_signal() => Ok(()),
+            }
+        }
+        None => {
+            let config = Config::load(&cli.serve.overrides()?)?;
+            llamagate::server::run(config, llamagate::server::shutdown_signal()).await
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The plugin runtime: the one module that owns wasmtime.
+//!
+//! Lifecycle rules:
+//! - One [`Runtime`] per process: one `Engine` (pooling allocator, epoch
+//!   interruption, `concurrency_support(false)`), one `Linker`, one ticker thread.
+//! - A [`Plugin`] is a compiled component plus its config. It keeps a pool of idle
+//!   instances, each in its own `Store` and already `init`-ed with the config.
+//! - A call takes an idle instance (or makes one), sets a fresh epoch deadline,
+//!   calls, and gives the instance back. Calls are synchronous and short, so the
+//!   pool holds about one instance per worker thread.
+//! - A trap (including the deadline and the memory cap) poisons the store: that
+//!   instance is dropped, never called again, and the call fails with a
+//!   [`PluginError`] naming the plugin. The next call gets a fresh instance.
+//! - Plugins get an empty WASI context: no files, network, environment or clock
+//!   beyond what WASI p2 always links.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "policy-plugin",
+        path: "../wit",
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use bindings::llamagate::policy::types::{
+    Backend, Decision, Edits, Endpoint, Header, JsonValue, Level, ListedModel, LoadedModel,
+    OptionEntry, Reply, Request,
+};
+use bindings::{PolicyPlugin, PolicyPluginPre};
+
+/// How often the epoch ticker advances. Deadlines are whole ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Hard ceiling on any plugin's linear memory; per-plugin caps sit below it.
+const MAX_MEMORY_CEILING: usize = 1 << 30;
+
+/// Why a plugin call failed. Each variant names the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin ran past its time limit and was interrupted.
+    #[error("plugin {plugin:?} exceeded its time limit of {limit:?}")]
+    Timeout {
+        /// Plugin name.
+        plugin: String,
+        /// The configured limit.
+        limit: Duration,
+    },
+    /// The plugin tried to grow its memory past its cap.
+    #[error("plugin {plugin:?} exceeded its memory limit of {limit} bytes")]
+    OutOfMemory {
+        /// Plugin name.
+        plugin: String,
+        /// The configured cap in bytes.
+        limit: usize,
+    },
+    /// The plugin trapped (panic, unreachable, bad memory access...).
+    #[error("plugin {plugin:?} failed: {message}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// The trap, as wasmtime describes it.
+        message: String,
+    },
+    /// A new instance could not be created or refused its config.
+    #[error("plugin {plugin:?} could not start: {message}")]
+    Start {
+        /// Plugin name.
+        plugin: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl PluginError {
+    /// The name of the plugin that failed.
+    pub fn plugin(&self) -> &str {
+        match self {
+            PluginError::Timeout { plugin, .. }
+            | PluginError::OutOfMemory { plugin, .. }
+            | PluginError::Trap { plugin, .. }
+            | PluginError::Start { plugin, .. } => plugin,
+        }
+    }
+}
+
+/// Sandbox limits of one plugin.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Wall-clock time one call may take.
+    pub time: Duration,
+    /// Bytes of linear memory one instance may use.
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            time: Duration::from_millis(100),
+            memory: 64 << 20,
+        }
+    }
+}
+
+/// The process-wide wasmtime state: engine, linker and epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine and starts the epoch ticker thread.
+    pub fn new() -> anyhow::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::default();
+        // Calls are synchronous and short, so live instances stay near the number
+        // of worker threads; these bounds leave room for hot swaps and many plugins.
+        pool.total_component_instances(512);
+        // A Rust component has a handful of core instances; componentize-py ones
+        // have dozens.
+        pool.max_core_instances_per_component(64);
+        pool.total_core_instances(4096);
+        pool.max_memories_per_component(8);
+        pool.total_memories(1024);
+        pool.max_tables_per_component(64);
+        pool.total_tables(4096);
+        // The real per-plugin cap is enforced by the store's limiter.
+        pool.max_memory_size(MAX_MEMORY_CEILING);
+        // Instances of interpreters (componentize-py) carry large vmctx data.
+        pool.max_component_instance_size(4 << 20);
+        pool.max_core_instance_size(4 << 20);
+
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            // No async guests: skipping the concurrency bookkeeping makes each
+            // call about 3x cheaper.
+            .concurrency_support(false)
+            .wasm_component_model(true);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasmtime engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        PolicyPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)
+            .context("linking the llamagate host interface")?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("llamagate-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .context("starting the epoch ticker")?;
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            stop,
+        }))
+    }
+
+    /// Compiles a component, checks it implements the world, and starts one
+    /// instance (running `init` with `config`), so a bad plugin fails here.
+    pub fn load(
+        self: &Arc<Self>,
+        name: &str,
+        wasm: &[u8],
+        config_json: String,
+        limits: Limits,
+    ) -> anyhow::Result<Plugin> {
+        let component = Component::new(&self.engine, wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("plugin {name:?}: not a valid WebAssembly component"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("plugin {name:?}: does not fit the llamagate:policy world"))?;
+        let pre = PolicyPluginPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("plugin {name:?}: does not export llamagate:policy"))?;
+        let plugin = Plugin {
+            inner: Arc::new(PluginInner {
+                name: name.to_string(),
+                runtime: self.clone(),
+                pre,
+                config: config_json,
+                limits,
+                idle: Mutex::new(Vec::new()),
+            }),
+        };
+        let first = plugin
+            .inner
+            .start()
+            .map_err(|e| anyhow!("{}", e.to_string()))?;
+        plugin.inner.idle.lock().unwrap().push(first);
+        Ok(plugin)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Per-store state: the empty WASI context, the memory limiter and the body of
+/// the request being decided.
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory_cap: usize,
+    hit_memory_cap: bool,
+    plugin: Arc<str>,
+    body: Bytes,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for State {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.hit_memory_cap = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl bindings::llamagate::policy::types::Host for State {}
+
+impl bindings::llamagate::policy::host::Host for State {
+    fn log(&mut self, level: Level, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn request_body(&mut self) -> Vec<u8> {
+        self.body.to_vec()
+    }
+}
+
+/// A loaded plugin: cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    name: String,
+    runtime: Arc<Runtime>,
+    pre: PolicyPluginPre<State>,
+    config: String,
+    limits: Limits,
+    idle: Mutex<Vec<Instance>>,
+}
+
+struct Instance {
+    store: Store<State>,
+    bindings: PolicyPlugin,
+}
+
+impl Plugin {
+    /// The plugin's configured name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Runs `on-request`. `body` is what `host.request-body` returns.
+    pub fn on_request(
+        &self,
+        req: &Request,
+        backends: &[Backend],
+        body: &Bytes,
+    ) -> Result<Decision, PluginError> {
+        self.inner.call(body, |store, b| {
+            b.llamagate_policy_policy()
+                .call_on_request(store, req, backends)
+        })
+    }
+
+    /// Runs `list-models`.
+    pub fn list_models(
+        &self,
+        req: &Request,
+        models: &[ListedModel],
+    ) -> Result<Vec<ListedModel>, PluginError> {
+        self.inner.call(&Bytes::new(), |store, b| {
+            b.llamagate_policy_policy()
+                .call_list_models(store, req, models)
+        })
+    }
+}
+
+impl PluginInner {
+    fn call<R>(
+        &self,
+        body: &Bytes,
+        f: impl FnOnce(&mut Store<State>, &PolicyPlugin) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let idle = self.idle.lock().unwrap().pop();
+        let mut instance = match idle {
+            Some(i) => i,
+            None => self.start()?,
+        };
+        instance.store.data_mut().body = body.clone();
+        instance.store.set_epoch_deadline(self.deadline_ticks());
+        match f(&mut instance.store, &instance.bindings) {
+            Ok(result) => {
+                instance.store.data_mut().body = Bytes::new();
+                self.idle.lock().unwrap().push(instance);
+                Ok(result)
+            }
+            // The instance is dropped here: a trapped store is never reused.
+            Err(err) => Err(self.classify(err, instance.store.data().hit_memory_cap)),
+        }
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let ticks = self.limits.time.as_micros() / EPOCH_TICK.as_micros();
+        (ticks as u64).max(1) + 1
+    }
+
+    fn classify(&self, err: wasmtime::Error, hit_memory_cap: bool) -> PluginError {
+        let plugin = self.name.clone();
+        if matches!(
+            err.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
+            return PluginError::Timeout {
+                plugin,
+                limit: self.limits.time,
+            };
+        }
+        if hit_memory_cap {
+            return PluginError::OutOfMemory {
+                plugin,
+                limit: self.limits.memory,
+            };
+        }
+        PluginError::Trap {
+            plugin,
+            message: format!("{err:#}"),
+        }
+    }
+
+    /// Makes a fresh instance and runs `init` with the config.
+    fn start(&self) -> Result<Instance, PluginError> {
+        let state = State {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            memory_cap: self.limits.memory,
+            hit_memory_cap: false,
+            plugin: Arc::from(self.name.as_str()),
+            body: Bytes::new(),
+        };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| s);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| self.start_error(e, store.data().hit_memory_cap))?;
+        store.set_epoch_deadline(self.deadline_ticks());
+        match bindings
+            .llamagate_policy_policy()
+            .call_init(&mut store, &self.config)
+        {
+            Ok(Ok(())) => Ok(Instance { store, bindings }),
+            Ok(Err(message)) => Err(PluginError::Start {
+                plugin: self.name.clone(),
+                message: format!("init refused the config: {message}"),
+            }),
+            Err(e) => Err(self.start_error(e, store.data().hit_memory_cap)),
+        }
+    }
+
+    fn start_error(&self, err: wasmtime::Error, hit_memory_cap: bool) -> PluginError {
+        match self.classify(err, hit_memory_cap) {
+            PluginError::Trap { plugin, message } => PluginError::Start { plugin, message },
+            other => other,
+        }
+    }
+}

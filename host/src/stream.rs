@@ -1,0 +1,146 @@
+//! Relaying a backend's response body to the client, frame by frame.
+//!
+//! Frames are passed on as they arrive, so streams are never buffered, and only
+//! when the client asks for more, so a slow client slows the backend
+//! (backpressure). Dropping the relay (the client went away) drops the upstream
+//! body, which closes the backend connection and makes Ollama stop generating.
+//!
+//! A stream that breaks mid-way must not look finished: NDJSON gets a last
+//! `{"error":"..."}` line and SSE an error event without `[DONE]`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::fleet::InFlight;
+use crate::BoxError;
+
+/// How the response frames its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// `application/x-ndjson`: one JSON object per line.
+    Ndjson,
+    /// `text/event-stream`.
+    Sse,
+    /// Anything else: a break is passed on as a broken connection.
+    Opaque,
+}
+
+impl Framing {
+    /// The framing a response's `Content-Type` announces.
+    pub fn of(headers: &HeaderMap) -> Framing {
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if content_type.starts_with("application/x-ndjson") {
+            Framing::Ndjson
+        } else if content_type.starts_with("text/event-stream") {
+            Framing::Sse
+        } else {
+            Framing::Opaque
+        }
+    }
+}
+
+/// The response body llamagate sends while relaying a backend's.
+pub struct Relay {
+    inner: Incoming,
+    framing: Framing,
+    backend: String,
+    ended_with_newline: bool,
+    finished: bool,
+    _in_flight: InFlight,
+}
+
+impl Relay {
+    /// Wraps `inner`; `in_flight` is released when the relay ends or is dropped.
+    pub fn new(inner: Incoming, framing: Framing, backend: String, in_flight: InFlight) -> Relay {
+        Relay {
+            inner,
+            framing,
+            backend,
+            ended_with_newline: true,
+            finished: false,
+            _in_flight: in_flight,
+        }
+    }
+
+    fn error_frame(&self, err: &hyper::Error) -> Option<Bytes> {
+        let message = format!(
+            "llamagate: the stream from backend {:?} broke: {err}",
+            self.backend
+        );
+        match self.framing {
+            Framing::Ndjson => {
+                let line = serde_json::json!({ "error": message }).to_string();
+                let lead = if self.ended_with_newline { "" } else { "\n" };
+                Some(Bytes::from(format!("{lead}{line}\n")))
+            }
+            Framing::Sse => {
+                let event = serde_json::json!({
+                    "error": { "message": message, "type": "api_error", "param": null, "code": null }
+                });
+                Some(Bytes::from(format!("data: {event}\n\n")))
+            }
+            Framing::Opaque => None,
+        }
+    }
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(&last) = data.last() {
+                        self.ended_with_newline = last == b'\n';
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                self.finished = true;
+                tracing::warn!(backend = %self.backend, "stream broke mid-way: {err}");
+                match self.error_frame(&err) {
+                    Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                    None => Poll::Ready(Some(Err(Box::new(err)))),
+                }
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.finished {
+            return SizeHint::with_exact(0);
+        }
+        // An error frame may be added, so an exact length cannot be promised
+        // for streams; other bodies keep theirs.
+        match self.framing {
+            Framing::Opaque => self.inner.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}

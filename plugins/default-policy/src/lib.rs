@@ -1,0 +1,201 @@
+//! llamagate's built-in policy, embedded in the binary.
+//!
+//! It gives llamagate gollamas' semantics and the usual fleet rules:
+//! - a model → backend map (`[policy.models]`; several ids are replicas),
+//!   or, when the map is empty, routing to whichever backends serve the model;
+//! - aliases (`gpt-4o` → `llama3.2`), rewritten before the backend sees them,
+//!   and shown in listings with `list_aliases`;
+//! - listings restricted to the configured models unless `list_all`;
+//! - `num_ctx` and `keep_alive`: defaults (set when missing), enforced values
+//!   (always set) and a `num_ctx` ceiling, globally and per model;
+//! - an optional header that pins a request to one backend (`x-llamagate-backend`).
+//!
+//! Replicas are ordered healthy first, then those with the model loaded, then
+//! by fewest requests in flight.
+
+use std::collections::BTreeMap;
+
+use llamagate_sdk::names;
+use serde::Deserialize;
+
+mod rules;
+pub use rules::{Config, ModelRules, OptionRules};
+
+#[cfg(target_arch = "wasm32")]
+mod guest {
+    use super::*;
+    use llamagate_sdk::{
+        Backend, Decision, Edits, Endpoint, JsonValue, ListedModel, OptionEntry, Policy, Request,
+    };
+    use std::cell::RefCell;
+
+    thread_local! {
+        static CONFIG: RefCell<Option<Config>> = const { RefCell::new(None) };
+    }
+
+    struct DefaultPolicy;
+
+    impl Policy for DefaultPolicy {
+        fn init(config: String) -> Result<(), String> {
+            let config = Config::parse(&config)?;
+            CONFIG.with(|c| *c.borrow_mut() = Some(config));
+            Ok(())
+        }
+
+        fn on_request(req: Request, backends: Vec<Backend>) -> Decision {
+            CONFIG.with(|c| {
+                let c = c.borrow();
+                let config = c.as_ref().expect("init runs first");
+                Decision::Forward(decide(config, &req, &backends))
+            })
+        }
+
+        fn list_models(_req: Request, models: Vec<ListedModel>) -> Vec<ListedModel> {
+            CONFIG.with(|c| {
+                let c = c.borrow();
+                let config = c.as_ref().expect("init runs first");
+                let shown = config.listing(models.iter().map(|m| m.name.as_str()));
+                shown
+                    .into_iter()
+                    .filter_map(|(name, source)| {
+                        let m = models.iter().find(|m| m.name == source)?;
+                        Some(ListedModel {
+                            name,
+                            source,
+                            backends: m.backends.clone(),
+                        })
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    fn decide(config: &Config, req: &Request, backends: &[Backend]) -> Edits {
+        let mut edits = Edits::none();
+        if let Some(id) = config.pinned_backend(req.header(&config.backend_header)) {
+            if backends.iter().any(|b| b.id == id) {
+                edits.backends = Some(vec![id.to_string()]);
+            }
+        }
+        let Some(model) = req.model.as_deref() else {
+            if edits.backends.is_none() && req.endpoint != Endpoint::Root {
+                edits.backends = Some(order(backends.iter().collect(), None));
+            }
+            return edits;
+        };
+        let target = config.resolve_alias(model);
+        if let Some(target) = &target {
+            edits.model = Some(target.clone());
+        }
+        let target = target.as_deref().unwrap_or(model);
+        if edits.backends.is_none() {
+            edits.backends = Some(route(config, req.endpoint, target, backends));
+        }
+        if takes_options(req.endpoint) {
+            let rules = config.rules_for(target);
+            let current = req.option("num_ctx").and_then(as_i64);
+            if let Some(n) = rules.num_ctx(current) {
+                edits.set_options.push(OptionEntry {
+                    key: "num_ctx".into(),
+                    value: JsonValue::Integer(n),
+                });
+            }
+            if let Some(k) = rules.keep_alive(req.keep_alive.is_some()) {
+                edits.keep_alive = Some(to_json_value(k));
+            }
+        }
+        edits
+    }
+
+    /// The backends for a model, best first; empty when none serves it.
+    fn route(
+        config: &Config,
+        endpoint: Endpoint,
+        model: &str,
+        backends: &[Backend],
+    ) -> Vec<String> {
+        let key = names::key(model);
+        if let Some(ids) = config.models.get(&key) {
+            let chosen = backends.iter().filter(|b| ids.contains(&b.id)).collect();
+            return order(chosen, Some(&key));
+        }
+        if !config.routes_unlisted() {
+            return Vec::new();
+        }
+        let serving: Vec<&Backend> = backends
+            .iter()
+            .filter(|b| b.models.iter().any(|m| names::key(m) == key))
+            .collect();
+        if serving.is_empty() && creates_model(endpoint) {
+            // A model nobody has yet: pull or create it on the best backend.
+            return order(backends.iter().collect(), None);
+        }
+        order(serving, Some(&key))
+    }
+
+    /// Healthy first, then with the model loaded, then fewest in flight.
+    fn order(mut list: Vec<&Backend>, model_key: Option<&str>) -> Vec<String> {
+        list.sort_by_key(|b| {
+            let loaded = model_key
+                .map(|k| b.loaded.iter().any(|l| names::key(&l.name) == k))
+                .unwrap_or(false);
+            (!b.healthy, !loaded, b.in_flight)
+        });
+        list.into_iter().map(|b| b.id.clone()).collect()
+    }
+
+    fn takes_options(endpoint: Endpoint) -> bool {
+        matches!(
+            endpoint,
+            Endpoint::Generate | Endpoint::Chat | Endpoint::Embed | Endpoint::Embeddings
+        )
+    }
+
+    fn creates_model(endpoint: Endpoint) -> bool {
+        matches!(endpoint, Endpoint::Pull | Endpoint::Create)
+    }
+
+    fn as_i64(v: &JsonValue) -> Option<i64> {
+        match v {
+            JsonValue::Integer(n) => Some(*n),
+            JsonValue::Number(f) => Some(*f as i64),
+            _ => None,
+        }
+    }
+
+    fn to_json_value(v: &serde_json::Value) -> JsonValue {
+        match v {
+            serde_json::Value::Null => JsonValue::Null,
+            serde_json::Value::Bool(b) => JsonValue::Boolean(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => JsonValue::Integer(i),
+                None => JsonValue::Number(n.as_f64().unwrap_or_default()),
+            },
+            serde_json::Value::String(s) => JsonValue::Text(s.clone()),
+            other => JsonValue::Raw(other.to_string()),
+        }
+    }
+
+    llamagate_sdk::export!(DefaultPolicy);
+}
+
+/// Parses the `models` table value: one id or a list of ids.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+fn normalise_keys<V>(map: BTreeMap<String, V>) -> BTreeMap<String, V> {
+    map.into_iter().map(|(k, v)| (names::key(&k), v)).collect()
+}
