@@ -34,6 +34,9 @@ pub enum GatewayError {
     /// No backend could be reached.
     #[error("{0}")]
     Upstream(String),
+    /// A bug in llamagate itself.
+    #[error("llamagate internal error: {0}")]
+    Internal(String),
 }
 
 impl GatewayError {
@@ -49,9 +52,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Client { status, .. } => *status,
-            GatewayError::Plugin(_) | GatewayError::PluginAnswer { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            GatewayError::Plugin(_)
+            | GatewayError::PluginAnswer { .. }
+            | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }

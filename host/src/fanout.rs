@@ -25,7 +25,7 @@ use crate::ResponseBody;
 /// Serves a fan-out endpoint.
 pub async fn serve(
     gateway: &Gateway,
-    chain: &Chain,
+    chain: &Arc<Chain>,
     request: &Request,
     head: bool,
 ) -> Result<http::Response<ResponseBody>, GatewayError> {
@@ -60,7 +60,10 @@ pub async fn serve(
             backends: m.backends.clone(),
         })
         .collect();
-    let shown = chain.list(request, listed)?;
+    let shown = {
+        let (chain, request) = (chain.clone(), request.clone());
+        crate::gateway::off_thread(move || chain.list(&request, listed)).await?
+    };
     let items: Vec<Value> = shown
         .iter()
         .filter_map(|entry| {

@@ -117,10 +117,6 @@ impl Gateway {
             (self.read_body(incoming).await?, None)
         };
 
-        let model_field = match endpoint {
-            Endpoint::Copy => "source",
-            _ => "model",
-        };
         let peeked = if classified.handling == Handling::FanOut || streaming_upload {
             body::Peeked::default()
         } else if endpoint == Endpoint::Other || endpoint == Endpoint::OpenaiModel {
@@ -133,7 +129,6 @@ impl Gateway {
             };
             body::peek(&bytes, fields).map_err(|e| body_error(e, classified.style))?
         };
-        let model_field = peeked.model.as_ref().map_or(model_field, |(f, _)| *f);
         let model = classified
             .path_model
             .clone()
@@ -163,7 +158,11 @@ impl Gateway {
 
         let chain = self.chain();
         let backends = self.fleet.views();
-        let plan = match chain.decide(view, raw_options, &backends, &bytes)? {
+        let decided = {
+            let (chain, body) = (chain.clone(), bytes.clone());
+            off_thread(move || chain.decide(view, raw_options, &backends, &body)).await?
+        };
+        let plan = match decided {
             Outcome::Respond { plugin, reply } => {
                 tracing::info!(plugin, status = reply.status, path, "policy answered");
                 let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
@@ -189,6 +188,8 @@ impl Gateway {
         let body: Option<Bytes> = if upload.is_some() {
             None
         } else {
+            // The model of `/v1/models/{model}` is in the path, not the body.
+            let model_field = peeked.model.as_ref().map(|(field, _)| *field);
             let edits = plan.body_edits(model_field);
             if edits.is_empty() {
                 Some(bytes)
@@ -312,6 +313,18 @@ impl Gateway {
         }
         Err(GatewayError::Upstream(failures.join("; ")))
     }
+}
+
+/// Runs plugin work on tokio's blocking pool. WASI's synchronous stdio (a
+/// guest's panic message, a `println!`) bridges into tokio with `block_on`,
+/// which must not happen on an async worker; and a plugin that spins until its
+/// deadline must not stall the workers that relay streams.
+pub async fn off_thread<R: Send + 'static>(
+    work: impl FnOnce() -> Result<R, GatewayError> + Send + 'static,
+) -> Result<R, GatewayError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| GatewayError::Internal(format!("policy task failed: {e}")))?
 }
 
 /// Endpoints whose requests must name a model.

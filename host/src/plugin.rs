@@ -211,7 +211,7 @@ impl Runtime {
         let first = plugin
             .inner
             .start()
-            .map_err(|e| anyhow!("{}", e.to_string()))?;
+            .map_err(|e| anyhow!("{e}"))?;
         plugin.inner.idle.lock().unwrap().push(first);
         Ok(plugin)
     }

@@ -29,7 +29,7 @@ pub enum Outcome {
         reply: Reply,
     },
     /// Forward the request.
-    Forward(Plan),
+    Forward(Box<Plan>),
 }
 
 /// A request as the chain left it, with what changed.
@@ -53,13 +53,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The top-level body fields to rewrite, as JSON text.
-    pub fn body_edits(&self, model_field: &'static str) -> Vec<(&'static str, String)> {
+    /// The top-level body fields to rewrite, as JSON text. `model_field` is the
+    /// field that named the model, `None` when the model is not in the body.
+    pub fn body_edits(&self, model_field: Option<&'static str>) -> Vec<(&'static str, String)> {
         let mut edits = Vec::new();
-        if self.model_changed {
-            if let Some(model) = &self.request.model {
-                edits.push((model_field, serde_json::to_string(model).expect("string")));
-            }
+        if let (true, Some(field), Some(model)) =
+            (self.model_changed, model_field, &self.request.model)
+        {
+            edits.push((field, serde_json::to_string(model).expect("string")));
         }
         if self.options_changed {
             let entries: Vec<(OptionEntry, Option<String>)> = self
@@ -175,7 +176,7 @@ impl Chain {
                 plan.backends = Some((list, name.to_string()));
             }
         }
-        Ok(Outcome::Forward(plan))
+        Ok(Outcome::Forward(Box::new(plan)))
     }
 
     /// Runs every plugin's `list-models`, each on the previous one's output.

@@ -50,7 +50,13 @@ pub fn build_gateway(config: &Config) -> anyhow::Result<Arc<Gateway>> {
 
 /// Runs llamagate with `config` until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let gateway = build_gateway(&config)?;
+    // Plugin start-up runs guest code, which must stay off the async workers.
+    let gateway = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || build_gateway(&config))
+            .await
+            .context("starting the gateway")??
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

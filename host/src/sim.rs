@@ -132,6 +132,13 @@ impl SimHandle {
         std::mem::take(&mut *lock(&self.state.recorded))
     }
 
+    /// How many streamed answers were abandoned by the client before their end.
+    pub fn cancelled(&self) -> u64 {
+        self.state
+            .cancelled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops accepting connections and closes the open ones.
     pub fn shutdown(self) {
         self.task.abort();
@@ -229,6 +236,8 @@ struct State {
     inner: Mutex<Inner>,
     recorded: Mutex<Vec<Recorded>>,
     counter: AtomicU64,
+    /// Streams the client abandoned before their end.
+    cancelled: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -293,6 +302,7 @@ impl State {
             chunks: opts.chunks,
             delay: opts.chunk_delay,
             loopback: addr.ip().is_loopback(),
+            cancelled: Arc::default(),
             hostname,
             inner: Mutex::new(Inner {
                 models,
@@ -639,10 +649,36 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Si
         };
         route(&state, &req)
     };
-    into_response(reply, head, state.delay)
+    into_response(reply, head, state.delay, &state.cancelled)
 }
 
-fn into_response(reply: Reply, head: bool, delay: Duration) -> Result<Response<SimBody>, BoxError> {
+/// Counts a stream as cancelled if it is dropped before its last piece.
+struct Unfinished {
+    counter: Arc<AtomicU64>,
+    done: bool,
+}
+
+impl Unfinished {
+    fn finish(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.done {
+            self.counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+fn into_response(
+    reply: Reply,
+    head: bool,
+    delay: Duration,
+    cancelled: &Arc<AtomicU64>,
+) -> Result<Response<SimBody>, BoxError> {
     match reply {
         Reply::Abort => Err("simulated abort".into()),
         Reply::Full {
@@ -673,12 +709,25 @@ fn into_response(reply: Reply, head: bool, delay: Duration) -> Result<Response<S
             Ok(resp)
         }
         Reply::Stream { ctype, pieces } => {
+            let guard = Unfinished {
+                counter: cancelled.clone(),
+                done: false,
+            };
             let frames = stream::unfold(
-                (VecDeque::from(pieces), true),
-                move |(mut queue, first)| async move {
-                    let piece = queue.pop_front()?;
-                    if !first && !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                (VecDeque::from(pieces), true, guard),
+                move |(mut queue, first, mut guard)| async move {
+                    let Some(piece) = queue.pop_front() else {
+                        guard.finish();
+                        return None;
+                    };
+                    if !first {
+                        if delay.is_zero() {
+                            // Ollama flushes every line; yielding lets hyper write
+                            // what it has, as a real flush would.
+                            tokio::task::yield_now().await;
+                        } else {
+                            tokio::time::sleep(delay).await;
+                        }
                     }
                     let item = match piece {
                         Piece::Emit(f) => Ok(Frame::data(f())),
@@ -690,7 +739,10 @@ fn into_response(reply: Reply, head: bool, delay: Duration) -> Result<Response<S
                             ))
                         }
                     };
-                    Some((item, (queue, false)))
+                    if item.is_err() {
+                        guard.finish();
+                    }
+                    Some((item, (queue, false, guard)))
                 },
             );
             let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());

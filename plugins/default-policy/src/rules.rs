@@ -320,7 +320,7 @@ mod tests {
             shown,
             vec![
                 ("llama3.2:latest".into(), "llama3.2:latest".into()),
-                ("gpt-4o".into(), "llama3.2:latest".into())
+                ("gpt-4o:latest".into(), "llama3.2:latest".into())
             ]
         );
     }
