@@ -208,10 +208,7 @@ impl Runtime {
                 idle: Mutex::new(Vec::new()),
             }),
         };
-        let first = plugin
-            .inner
-            .start()
-            .map_err(|e| anyhow!("{e}"))?;
+        let first = plugin.inner.start().map_err(|e| anyhow!("{e}"))?;
         plugin.inner.idle.lock().unwrap().push(first);
         Ok(plugin)
     }
