@@ -99,7 +99,7 @@ fn load(runtime: &std::sync::Arc<Runtime>, n: usize) -> Chain {
                 .unwrap()
         })
         .collect();
-    Chain::new(plugins)
+    Chain::of(plugins)
 }
 
 fn bench(c: &mut Criterion) {
@@ -117,14 +117,14 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("decide, chain of {n}"), |b| {
             b.iter(|| {
                 chain
-                    .decide(request.clone(), raw.clone(), &backends, &body)
+                    .decide(request.clone(), raw.clone(), &backends, &body, false)
                     .unwrap()
             })
         });
     }
     let chain = load(&runtime, 1);
     let Outcome::Forward(plan) = chain
-        .decide(request.clone(), raw.clone(), &backends, &body)
+        .decide(request.clone(), raw.clone(), &backends, &body, false)
         .unwrap()
     else {
         panic!("the default policy forwards");

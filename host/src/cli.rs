@@ -26,6 +26,37 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run one simulated Ollama server (for tests and benchmarks).
     Sim(SimArgs),
+    /// Check a plugin, or replay recorded requests through it.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `llamagate plugin ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Does FILE compile, implement the llamagate:policy world, and accept this config?
+    Check {
+        /// The plugin component.
+        file: PathBuf,
+        /// The plugin's config: a .json file, or a .toml file holding its table.
+        #[arg(long)]
+        with_config: Option<PathBuf>,
+    },
+    /// Replay recorded requests (from --record) through the chain with FILE, offline,
+    /// and print each decision.
+    Test {
+        /// The plugin component.
+        file: PathBuf,
+        /// Requests recorded with `llamagate --record FILE` (JSON lines).
+        #[arg(long)]
+        requests: PathBuf,
+        /// The plugin's config: a .json file, or a .toml file holding its table.
+        #[arg(long)]
+        with_config: Option<PathBuf>,
+        /// Run FILE alone, not after the chain of --config.
+        #[arg(long)]
+        alone: bool,
+    },
 }
 
 /// Options of the gateway.
@@ -64,6 +95,13 @@ pub struct ServeArgs {
     /// Do not run the built-in default policy.
     #[arg(long)]
     pub no_default_policy: bool,
+    /// Add an `x-llamagate-decision` header explaining each decision to responses.
+    #[arg(long)]
+    pub explain: bool,
+    /// Append every request (with body and headers: keep the file private) to FILE
+    /// as JSON lines, for `llamagate plugin test`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// Log level or filter (error, warn, info, debug, trace). Env: LLAMAGATE_LOG, GOLLAMAS_LEVEL.
     #[arg(long, global = true)]
     pub level: Option<String>,
@@ -126,6 +164,7 @@ impl ServeArgs {
                     .is_some_and(|v| truthy(&v)),
             plugins: self.plugin.clone(),
             no_default_policy: self.no_default_policy,
+            explain: self.explain,
             ..Default::default()
         };
         let lists = [

@@ -34,6 +34,15 @@ pub struct Config {
     pub connections: Vec<(String, String)>,
     /// The plugin chain, in order.
     pub plugins: Vec<PluginSpec>,
+    /// A second chain that sees every request but whose decisions are only
+    /// logged and counted (to compare a new policy before promoting it).
+    pub shadow: Vec<PluginSpec>,
+    /// Add an `x-llamagate-decision` header to every response.
+    pub explain: bool,
+    /// Watch the config file and plugin files, and reload when they change.
+    pub watch: bool,
+    /// Files whose change triggers a reload (config file and plugins).
+    pub watched_files: Vec<PathBuf>,
 }
 
 /// One plugin of the chain.
@@ -47,6 +56,19 @@ pub struct PluginSpec {
     pub config_json: String,
     /// Sandbox limits.
     pub limits: Limits,
+    /// What a failure of this plugin does to the request.
+    pub on_failure: OnFailure,
+}
+
+/// What happens to a request when a plugin fails (trap, time or memory limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Answer the request with a 500 naming the plugin (the default: auth lives in plugins).
+    #[default]
+    Closed,
+    /// Skip the plugin and go on with the rest of the chain.
+    Open,
 }
 
 /// Where a plugin's component comes from.
@@ -86,6 +108,10 @@ pub struct FileConfig {
     pub probe_interval: Option<Text>,
     /// `default_policy`: whether the built-in policy runs first (default true).
     pub default_policy: Option<bool>,
+    /// `explain`: add the decision header to responses.
+    pub explain: Option<bool>,
+    /// `watch`: reload when the config or a plugin file changes (default true).
+    pub watch: Option<bool>,
     /// `[connections]`: id → URL.
     #[serde(default)]
     pub connections: BTreeMap<String, String>,
@@ -95,6 +121,9 @@ pub struct FileConfig {
     /// `[[plugins]]`
     #[serde(default)]
     pub plugins: Vec<FilePlugin>,
+    /// `[[shadow]]`: plugins run in shadow.
+    #[serde(default)]
+    pub shadow: Vec<FilePlugin>,
 }
 
 /// A `[[plugins]]` entry.
@@ -110,6 +139,8 @@ pub struct FilePlugin {
     pub time_limit: Option<Text>,
     /// Memory one instance may use (`"64MiB"`).
     pub memory_limit: Option<Size>,
+    /// `"closed"` (default) or `"open"`.
+    pub on_failure: Option<OnFailure>,
     /// The plugin's own config, passed to its `init`.
     #[serde(default)]
     pub config: toml::Table,
@@ -156,6 +187,8 @@ pub struct Overrides {
     pub plugins: Vec<PathBuf>,
     /// `--no-default-policy`
     pub no_default_policy: bool,
+    /// `--explain`
+    pub explain: bool,
 }
 
 impl Config {
@@ -216,41 +249,9 @@ impl Config {
         }
         let policy_json = serde_json::to_string(&policy).context("[policy]")?;
 
-        let mut plugins = Vec::new();
-        let mut builtin_listed = false;
-        for (i, p) in file.plugins.into_iter().enumerate() {
-            let key = format!("plugins[{i}]");
-            let source = if p.path == BUILTIN_DEFAULT_POLICY {
-                builtin_listed = true;
-                if !p.config.is_empty() {
-                    bail!("{key}.config: the built-in policy takes its config from [policy]");
-                }
-                PluginSource::Builtin
-            } else {
-                PluginSource::File(base.join(&p.path))
-            };
-            let name = p.name.clone().unwrap_or_else(|| plugin_name(&source));
-            let config_json = match source {
-                PluginSource::Builtin => policy_json.clone(),
-                PluginSource::File(_) => serde_json::to_string(&p.config).context("config")?,
-            };
-            let mut limits = Limits::default();
-            if let Some(t) = &p.time_limit {
-                limits.time = parse_duration(t).with_context(|| format!("{key}.time_limit"))?;
-            }
-            if let Some(m) = &p.memory_limit {
-                limits.memory = m.bytes(&format!("{key}.memory_limit"))?;
-                if limits.memory > 1 << 30 {
-                    bail!("{key}.memory_limit: at most 1GiB");
-                }
-            }
-            plugins.push(PluginSpec {
-                name,
-                source,
-                config_json,
-                limits,
-            });
-        }
+        let (mut plugins, builtin_listed) =
+            plugin_specs(file.plugins, "plugins", base, &policy_json)?;
+        let (shadow, _) = plugin_specs(file.shadow, "shadow", base, &policy_json)?;
         for path in &overrides.plugins {
             let source = PluginSource::File(path.clone());
             plugins.push(PluginSpec {
@@ -258,6 +259,7 @@ impl Config {
                 source,
                 config_json: "{}".into(),
                 limits: Limits::default(),
+                on_failure: OnFailure::Closed,
             });
         }
         let default_policy = file.default_policy.unwrap_or(true) && !overrides.no_default_policy;
@@ -269,6 +271,7 @@ impl Config {
                     source: PluginSource::Builtin,
                     config_json: policy_json,
                     limits: Limits::default(),
+                    on_failure: OnFailure::Closed,
                 },
             );
         }
@@ -302,9 +305,66 @@ impl Config {
                 Duration::from_secs(10),
             )?,
             connections,
+            watched_files: plugins
+                .iter()
+                .chain(&shadow)
+                .filter_map(|p| match &p.source {
+                    PluginSource::File(path) => Some(path.clone()),
+                    PluginSource::Builtin => None,
+                })
+                .chain(overrides.config.clone())
+                .collect(),
             plugins,
+            shadow,
+            explain: file.explain.unwrap_or(false) || overrides.explain,
+            watch: file.watch.unwrap_or(true),
         })
     }
+}
+
+/// Turns `[[plugins]]` (or `[[shadow]]`) entries into specs; also says whether
+/// the built-in policy was placed explicitly.
+fn plugin_specs(
+    entries: Vec<FilePlugin>,
+    table: &str,
+    base: &Path,
+    policy_json: &str,
+) -> anyhow::Result<(Vec<PluginSpec>, bool)> {
+    let mut specs = Vec::new();
+    let mut builtin_listed = false;
+    for (i, p) in entries.into_iter().enumerate() {
+        let key = format!("{table}[{i}]");
+        let source = if p.path == BUILTIN_DEFAULT_POLICY {
+            builtin_listed = true;
+            PluginSource::Builtin
+        } else {
+            PluginSource::File(base.join(&p.path))
+        };
+        let name = p.name.clone().unwrap_or_else(|| plugin_name(&source));
+        // The built-in policy takes `[policy]` unless its entry has a config of its own.
+        let config_json = match (&source, p.config.is_empty()) {
+            (PluginSource::Builtin, true) => policy_json.to_string(),
+            _ => serde_json::to_string(&p.config).with_context(|| format!("{key}.config"))?,
+        };
+        let mut limits = Limits::default();
+        if let Some(t) = &p.time_limit {
+            limits.time = parse_duration(t).with_context(|| format!("{key}.time_limit"))?;
+        }
+        if let Some(m) = &p.memory_limit {
+            limits.memory = m.bytes(&format!("{key}.memory_limit"))?;
+            if limits.memory > 1 << 30 {
+                bail!("{key}.memory_limit: at most 1GiB");
+            }
+        }
+        specs.push(PluginSpec {
+            name,
+            source,
+            config_json,
+            limits,
+            on_failure: p.on_failure.unwrap_or_default(),
+        });
+    }
+    Ok((specs, builtin_listed))
 }
 
 fn plugin_name(source: &PluginSource) -> String {

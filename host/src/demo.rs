@@ -63,5 +63,10 @@ Ctrl-C stops it.
         gpu1 = gpu1.url(),
         gpu2 = gpu2.url(),
     );
-    crate::server::run(config, crate::server::shutdown_signal()).await
+    let launch = crate::server::Launch {
+        config,
+        reload_from: None,
+        record: None,
+    };
+    crate::server::run(launch, crate::server::shutdown_signal()).await
 }

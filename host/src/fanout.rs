@@ -17,15 +17,14 @@ use serde_json::{json, Value};
 use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
 use crate::fleet::BackendState;
-use crate::gateway::{json as json_response, Gateway};
+use crate::gateway::{json as json_response, Gateway, Generation};
 use crate::plugin::{ListedModel, Request};
-use crate::policy::Chain;
 use crate::ResponseBody;
 
 /// Serves a fan-out endpoint.
 pub async fn serve(
     gateway: &Gateway,
-    chain: &Arc<Chain>,
+    generation: &Generation,
     request: &Request,
     head: bool,
 ) -> Result<http::Response<ResponseBody>, GatewayError> {
@@ -36,7 +35,7 @@ pub async fn serve(
         Endpoint::OpenaiModels => ("/v1/models", "data", "id"),
         other => unreachable!("{other:?} is not a fan-out endpoint"),
     };
-    let answers = ask_all(gateway, path).await?;
+    let answers = ask_all(gateway, generation, path).await?;
     if request.endpoint == Endpoint::Version {
         let versions: Vec<&str> = answers
             .iter()
@@ -61,7 +60,7 @@ pub async fn serve(
         })
         .collect();
     let shown = {
-        let (chain, request) = (chain.clone(), request.clone());
+        let (chain, request) = (generation.chain.clone(), request.clone());
         crate::gateway::off_thread(move || chain.list(&request, listed)).await?
     };
     let items: Vec<Value> = shown
@@ -124,9 +123,13 @@ fn merge(answers: &[(String, Value)], list_key: &str, name_key: &str) -> Vec<Mer
 
 /// GETs `path` from every backend concurrently; returns the JSON answers of
 /// those that gave one, or an error naming every failure if none did.
-async fn ask_all(gateway: &Gateway, path: &str) -> Result<Vec<(String, Value)>, GatewayError> {
-    let timeout = gateway.settings().fanout_timeout;
-    let asks = gateway
+async fn ask_all(
+    gateway: &Gateway,
+    generation: &Generation,
+    path: &str,
+) -> Result<Vec<(String, Value)>, GatewayError> {
+    let timeout = generation.settings.fanout_timeout;
+    let asks = generation
         .fleet
         .all()
         .iter()

@@ -87,12 +87,16 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Builds the fleet from `(id, url)` pairs.
-    pub fn new(backends: &[(String, String)]) -> anyhow::Result<Fleet> {
+    /// Builds the fleet from `(id, url)` pairs, keeping the state (health,
+    /// models, requests in flight) of backends `previous` had with the same id and URL.
+    pub fn new(backends: &[(String, String)], previous: Option<&Fleet>) -> anyhow::Result<Fleet> {
         let backends = backends
             .iter()
             .map(|(id, url)| {
                 let url = url.trim_end_matches('/').to_string();
+                if let Some(kept) = previous.and_then(|p| p.get(id)).filter(|b| b.url == url) {
+                    return Ok(kept.clone());
+                }
                 let uri: Uri = url
                     .parse()
                     .map_err(|e| anyhow::anyhow!("backend {id:?}: bad URL {url:?}: {e}"))?;
@@ -128,15 +132,6 @@ impl Fleet {
     pub async fn probe_all(&self, upstream: &Upstream, timeout: Duration) {
         let probes = self.backends.iter().map(|b| probe(b, upstream, timeout));
         futures_util::future::join_all(probes).await;
-    }
-
-    /// Probes forever on `interval` (spawn it).
-    pub async fn probe_loop(self: Arc<Self>, upstream: Upstream, interval: Duration) {
-        let timeout = interval.min(Duration::from_secs(5));
-        loop {
-            self.probe_all(&upstream, timeout).await;
-            tokio::time::sleep(interval).await;
-        }
     }
 }
 

@@ -1,9 +1,13 @@
 //! The request pipeline: classify, read, decide, then forward or fan out.
+//!
+//! Everything a request decides with — the plugin chain, the shadow chain, the
+//! fleet, the settings — is one [`Generation`], swapped whole on reload. A
+//! request holds the generation it started with until it ends, so a reload
+//! never disturbs a request in flight.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,15 +15,20 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::body::{self, BodyError};
-use crate::endpoint::{classify, ApiStyle, Classified, Endpoint, Handling, Rejection};
-use crate::error::{error_response, model_missing, model_not_found, text_response, GatewayError};
+use crate::body;
+use crate::endpoint::{classify, Endpoint, Handling, Rejection};
+use crate::error::{error_response, model_not_found, text_response, GatewayError};
 use crate::fleet::Fleet;
-use crate::plugin::{Header, Request as PolicyRequest};
+use crate::intake::{self, body_error};
+use crate::plugin::Header;
 use crate::policy::{Chain, Outcome, Plan};
+use crate::record::Recorder;
 use crate::stream::{Framing, Relay};
 use crate::upstream::Upstream;
 use crate::{full_body, RequestBody, ResponseBody};
+
+/// The response header that explains a decision (with `explain = true`).
+pub const DECISION_HEADER: &str = "x-llamagate-decision";
 
 /// Settings of the request pipeline.
 #[derive(Clone, Debug)]
@@ -28,45 +37,87 @@ pub struct Settings {
     pub max_body_size: usize,
     /// How long a fan-out waits for each backend.
     pub fanout_timeout: Duration,
+    /// Interval between backend probes.
+    pub probe_interval: Duration,
+    /// Add [`DECISION_HEADER`] to responses.
+    pub explain: bool,
 }
 
-/// Everything a request needs: the fleet, the client, the policy chain.
-pub struct Gateway {
+/// What requests are decided with; replaced whole on reload.
+pub struct Generation {
+    /// Counts reloads: 1 for the configuration llamagate started with.
+    pub number: u64,
+    /// The live plugin chain.
+    pub chain: Arc<Chain>,
+    /// The shadow chain, whose decisions are only compared and counted.
+    pub shadow: Option<Arc<Chain>>,
     /// The backends.
     pub fleet: Arc<Fleet>,
+    /// Pipeline settings.
+    pub settings: Settings,
+}
+
+/// Counts of shadow decisions.
+#[derive(Default)]
+pub struct ShadowStats {
+    /// Requests the shadow chain decided.
+    pub decided: AtomicU64,
+    /// ... of which it decided as the live chain did.
+    pub agreed: AtomicU64,
+    /// ... of which it decided otherwise.
+    pub differed: AtomicU64,
+    /// Requests on which the shadow chain failed.
+    pub failed: AtomicU64,
+}
+
+/// The outcome of the last reload, for the status endpoint.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReloadReport {
+    /// Unix time, seconds.
+    pub at: u64,
+    /// Whether the new generation is live.
+    pub ok: bool,
+    /// What happened (the error, with the plugin's own message, when it failed).
+    pub message: String,
+    /// Milliseconds from start to swap (or failure).
+    pub took_ms: u64,
+}
+
+/// Everything a request needs: the current generation and the pooled client.
+pub struct Gateway {
+    current: RwLock<Arc<Generation>>,
     /// The pooled client.
     pub upstream: Upstream,
-    chain: RwLock<Arc<Chain>>,
-    settings: Settings,
     next_id: AtomicU64,
+    /// Shadow decision counts.
+    pub shadow_stats: Arc<ShadowStats>,
+    /// The last reload's outcome.
+    pub last_reload: Mutex<Option<ReloadReport>>,
+    recorder: Option<Recorder>,
 }
 
 impl Gateway {
-    /// A gateway over `fleet` deciding with `chain`.
-    pub fn new(fleet: Arc<Fleet>, upstream: Upstream, chain: Chain, settings: Settings) -> Self {
+    /// A gateway deciding with `generation`, recording requests if `recorder` is set.
+    pub fn new(generation: Generation, upstream: Upstream, recorder: Option<Recorder>) -> Self {
         Gateway {
-            fleet,
+            current: RwLock::new(Arc::new(generation)),
             upstream,
-            chain: RwLock::new(Arc::new(chain)),
-            settings,
             next_id: AtomicU64::new(1),
+            shadow_stats: Arc::default(),
+            last_reload: Mutex::new(None),
+            recorder,
         }
     }
 
-    /// The plugin chain in force. Requests hold their own `Arc`, so a swap never
+    /// The generation in force. Requests hold their own `Arc`, so a swap never
     /// disturbs one in flight.
-    pub fn chain(&self) -> Arc<Chain> {
-        self.chain.read().unwrap().clone()
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.read().unwrap().clone()
     }
 
-    /// The pipeline's settings.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// Replaces the plugin chain for requests that start from now on.
-    pub fn swap_chain(&self, chain: Chain) {
-        *self.chain.write().unwrap() = Arc::new(chain);
+    /// Makes `generation` the one new requests use.
+    pub fn swap(&self, generation: Generation) {
+        *self.current.write().unwrap() = Arc::new(generation);
     }
 
     /// Serves one request.
@@ -80,6 +131,9 @@ impl Gateway {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
+        if path == crate::status::PATH && request.method() == Method::GET {
+            return crate::status::response(self);
+        }
         let classified = match classify(request.method(), &path) {
             Ok(c) => c,
             Err(Rejection::MethodNotAllowed) => {
@@ -95,7 +149,11 @@ impl Gateway {
             };
             return text_response(StatusCode::OK, body);
         }
-        match self.serve(request, client, path, classified).await {
+        let generation = self.current();
+        match self
+            .serve(&generation, request, client, path, classified)
+            .await
+        {
             Ok(response) => response,
             Err(err) => err.into_response(style),
         }
@@ -103,67 +161,61 @@ impl Gateway {
 
     async fn serve(
         &self,
+        generation: &Arc<Generation>,
         request: Request<Incoming>,
         client: SocketAddr,
         path: String,
-        classified: Classified,
+        classified: crate::endpoint::Classified,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let (parts, incoming) = request.into_parts();
         let endpoint = classified.endpoint;
-        let streaming_upload = classified.handling == Handling::RouteStreaming;
-        let (bytes, upload) = if streaming_upload {
+        let (bytes, upload) = if classified.handling == Handling::RouteStreaming {
             (Bytes::new(), Some(incoming))
         } else {
-            (self.read_body(incoming).await?, None)
+            let limit = generation.settings.max_body_size;
+            (read_body(incoming, limit).await?, None)
         };
-
-        let peeked = if classified.handling == Handling::FanOut || streaming_upload {
-            body::Peeked::default()
-        } else if endpoint == Endpoint::Other || endpoint == Endpoint::OpenaiModel {
-            // Unknown endpoints may carry anything; use what we can read.
-            body::peek(&bytes, &["model"]).unwrap_or_default()
-        } else {
-            let fields: &[&'static str] = match endpoint {
-                Endpoint::Copy => &["source"],
-                _ => &["model", "name"],
-            };
-            body::peek(&bytes, fields).map_err(|e| body_error(e, classified.style))?
-        };
-        let model = classified
-            .path_model
-            .clone()
-            .or_else(|| peeked.model.as_ref().map(|(_, m)| m.clone()));
-        if model.is_none() && names_model(endpoint) {
-            return Err(model_missing(endpoint));
+        if let Some(recorder) = &self.recorder {
+            recorder.record(&parts.method, &path, &parts.headers, client, &bytes);
         }
 
-        let view = PolicyRequest {
+        let intake = intake::prepare(intake::Incoming {
             id: self.next_id.fetch_add(1, Ordering::Relaxed).to_string(),
-            endpoint,
-            method: parts.method.as_str().to_string(),
-            path: path.clone(),
-            model,
-            headers: headers_view(&parts.headers),
-            client_addr: client.to_string(),
-            streaming: peeked.streaming(endpoint),
-            options: peeked.options.iter().map(|(o, _)| o.clone()).collect(),
-            keep_alive: peeked.keep_alive.clone(),
-            body_size: bytes.len() as u64,
-        };
-        let raw_options: BTreeMap<String, String> = peeked
-            .options
-            .into_iter()
-            .filter_map(|(o, raw)| raw.map(|r| (o.key, r)))
-            .collect();
-
-        let chain = self.chain();
-        let backends = self.fleet.views();
+            classified: &classified,
+            method: &parts.method,
+            path: &path,
+            headers: &parts.headers,
+            body: &bytes,
+            client: client.to_string(),
+        })?;
+        let backends = generation.fleet.views();
+        let explain = generation.settings.explain;
+        let shadow_input = generation.shadow.as_ref().map(|s| {
+            (
+                s.clone(),
+                intake.view.clone(),
+                intake.raw_options.clone(),
+                backends.clone(),
+            )
+        });
         let decided = {
-            let (chain, body) = (chain.clone(), bytes.clone());
-            off_thread(move || chain.decide(view, raw_options, &backends, &body)).await?
+            let (chain, body) = (generation.chain.clone(), bytes.clone());
+            let (view, raw) = (intake.view, intake.raw_options);
+            off_thread(move || chain.decide(view, raw, &backends, &body, explain)).await?
         };
+        if let Some((shadow, view, raw, backends)) = shadow_input {
+            self.run_shadow(
+                shadow,
+                view,
+                raw,
+                backends,
+                bytes.clone(),
+                decided.summary(),
+            );
+        }
+        let trace = explain.then(|| decided.trace().join("; "));
         let plan = match decided {
-            Outcome::Respond { plugin, reply } => {
+            Outcome::Respond { plugin, reply, .. } => {
                 tracing::info!(plugin, status = reply.status, path, "policy answered");
                 let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
                 let mut response = error_response(classified.style, status, &reply.message);
@@ -175,22 +227,21 @@ impl Gateway {
                         response.headers_mut().append(n, v);
                     }
                 }
-                return Ok(response);
+                return Ok(explained(response, trace, None));
             }
             Outcome::Forward(plan) => plan,
         };
 
         if classified.handling == Handling::FanOut {
             let head = parts.method == Method::HEAD;
-            return crate::fanout::serve(self, &chain, &plan.request, head).await;
+            let response = crate::fanout::serve(self, generation, &plan.request, head).await?;
+            return Ok(explained(response, trace, None));
         }
 
         let body: Option<Bytes> = if upload.is_some() {
             None
         } else {
-            // The model of `/v1/models/{model}` is in the path, not the body.
-            let model_field = peeked.model.as_ref().map(|(field, _)| *field);
-            let edits = plan.body_edits(model_field);
+            let edits = plan.body_edits(intake.model_field);
             if edits.is_empty() {
                 Some(bytes)
             } else {
@@ -210,49 +261,64 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
             headers.append("x-forwarded-for", v);
         }
-        self.forward(
-            &plan,
-            endpoint,
-            &parts.method,
-            &forward_path,
-            &headers,
-            body,
-            upload,
-        )
-        .await
+        let target = Target {
+            method: &parts.method,
+            path: &forward_path,
+            headers: &headers,
+        };
+        let (response, backend) = self
+            .forward(&generation.fleet, &plan, endpoint, target, body, upload)
+            .await?;
+        Ok(explained(response, trace, Some(&backend)))
     }
 
-    async fn read_body(&self, incoming: Incoming) -> Result<Bytes, GatewayError> {
-        let limit = self.settings.max_body_size;
-        match Limited::new(incoming, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::client(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than llamagate's limit of {limit} bytes (max_body_size)"),
-            )),
-            Err(e) => Err(GatewayError::client(
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {e}"),
-            )),
-        }
+    /// Runs the shadow chain off the request path and counts whether it agrees.
+    fn run_shadow(
+        &self,
+        shadow: Arc<Chain>,
+        view: crate::plugin::Request,
+        raw: std::collections::BTreeMap<String, String>,
+        backends: Vec<crate::plugin::Backend>,
+        body: Bytes,
+        live: String,
+    ) {
+        let stats = self.shadow_stats.clone();
+        let id = view.id.clone();
+        tokio::task::spawn_blocking(move || {
+            match shadow.decide(view, raw, &backends, &body, false) {
+                Ok(outcome) => {
+                    stats.decided.fetch_add(1, Ordering::Relaxed);
+                    let theirs = outcome.summary();
+                    if theirs == live {
+                        stats.agreed.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stats.differed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(request = %id, live = %live, shadow = %theirs, "shadow policy decided otherwise");
+                    }
+                }
+                Err(err) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(request = %id, "shadow policy failed: {err}");
+                }
+            }
+        });
     }
 
-    /// Tries the plan's backends in order; moves on only when one cannot be reached.
-    #[allow(clippy::too_many_arguments)]
+    /// Tries the plan's backends in order; moves on only when one cannot be
+    /// reached. Returns the response and the id of the backend that gave it.
     async fn forward(
         &self,
+        fleet: &Fleet,
         plan: &Plan,
         endpoint: Endpoint,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
+        target: Target<'_>,
         body: Option<Bytes>,
         mut upload: Option<Incoming>,
-    ) -> Result<Response<ResponseBody>, GatewayError> {
+    ) -> Result<(Response<ResponseBody>, String), GatewayError> {
         let candidates: Vec<String> = match &plan.backends {
             Some((ids, _)) => ids.clone(),
             None if plan.request.model.is_none() => {
-                self.fleet.all().iter().map(|b| b.id.clone()).collect()
+                fleet.all().iter().map(|b| b.id.clone()).collect()
             }
             None => Vec::new(),
         };
@@ -264,7 +330,7 @@ impl Gateway {
         }
         let mut failures = Vec::new();
         for id in &candidates {
-            let Some(backend) = self.fleet.get(id) else {
+            let Some(backend) = fleet.get(id) else {
                 let plugin = plan
                     .backends
                     .as_ref()
@@ -283,13 +349,19 @@ impl Gateway {
             let in_flight = backend.start_request();
             match self
                 .upstream
-                .send(backend, method, path, headers, request_body)
+                .send(
+                    backend,
+                    target.method,
+                    target.path,
+                    target.headers,
+                    request_body,
+                )
                 .await
             {
                 Ok(response) => {
                     backend.set_healthy(true);
-                    tracing::debug!(backend = %backend.id, path, status = %response.status(), "forwarded");
-                    return Ok(relay(response, &backend.id, in_flight));
+                    tracing::debug!(backend = %backend.id, path = target.path, status = %response.status(), "forwarded");
+                    return Ok((relay(response, &backend.id, in_flight), backend.id.clone()));
                 }
                 Err(err) if err.is_connect() => {
                     backend.set_healthy(false);
@@ -315,6 +387,58 @@ impl Gateway {
     }
 }
 
+/// Where a forwarded request goes on the backend.
+struct Target<'a> {
+    method: &'a Method,
+    path: &'a str,
+    headers: &'a HeaderMap,
+}
+
+/// Reads a whole body, refusing more than `limit` bytes.
+async fn read_body(incoming: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
+    match Limited::new(incoming, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than llamagate's limit of {limit} bytes (max_body_size)"
+            ),
+        )),
+        Err(e) => Err(GatewayError::client(
+            StatusCode::BAD_REQUEST,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+/// Adds the decision header when explaining: each plugin's part, then the backend.
+fn explained(
+    mut response: Response<ResponseBody>,
+    trace: Option<String>,
+    backend: Option<&str>,
+) -> Response<ResponseBody> {
+    let Some(mut text) = trace else {
+        return response;
+    };
+    if let Some(backend) = backend {
+        text.push_str(&format!("; served by {backend}"));
+    }
+    let printable: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if let Ok(value) = HeaderValue::from_str(&printable) {
+        response.headers_mut().insert(DECISION_HEADER, value);
+    }
+    response
+}
+
 /// Runs plugin work on tokio's blocking pool. WASI's synchronous stdio (a
 /// guest's panic message, a `println!`) bridges into tokio with `block_on`,
 /// which must not happen on an async worker; and a plugin that spins until its
@@ -325,41 +449,6 @@ pub async fn off_thread<R: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| GatewayError::Internal(format!("policy task failed: {e}")))?
-}
-
-/// Endpoints whose requests must name a model.
-fn names_model(endpoint: Endpoint) -> bool {
-    !matches!(
-        endpoint,
-        Endpoint::Root
-            | Endpoint::Version
-            | Endpoint::Tags
-            | Endpoint::Ps
-            | Endpoint::OpenaiModels
-            | Endpoint::Blobs
-            | Endpoint::Other
-    )
-}
-
-fn body_error(err: BodyError, style: ApiStyle) -> GatewayError {
-    let message = match (style, &err) {
-        // Ollama's OpenAI layer reports an empty body as Go's decoder does.
-        (ApiStyle::OpenAi, BodyError::Empty) => "EOF".to_string(),
-        _ => err.to_string(),
-    };
-    GatewayError::client(StatusCode::BAD_REQUEST, message)
-}
-
-fn headers_view(headers: &HeaderMap) -> Vec<Header> {
-    headers
-        .iter()
-        .filter_map(|(name, value)| {
-            Some(Header {
-                name: name.as_str().to_string(),
-                value: value.to_str().ok()?.to_string(),
-            })
-        })
-        .collect()
 }
 
 fn apply_header_edits(headers: &mut HeaderMap, plan: &Plan) {

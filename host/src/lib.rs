@@ -2,11 +2,13 @@
 //! every policy decision made by sandboxed WebAssembly plugins.
 //!
 //! The life of a request, by module:
-//! [`server`] accepts it → [`endpoint`] classifies it → [`body`] reads the fields
-//! policies need → [`policy`] runs the plugin chain ([`plugin`] owns wasmtime) →
-//! [`gateway`] picks a backend from the [`fleet`] and forwards it through
-//! [`upstream`], relaying the answer with [`stream`] — or [`fanout`] asks every
-//! backend and merges the answers. [`error`] words failures for the client's API.
+//! [`server`] accepts it → [`endpoint`] classifies it → [`intake`] (with [`body`])
+//! builds the view policies decide on → [`policy`] runs the plugin chain
+//! ([`plugin`] owns wasmtime) → [`gateway`] picks a backend from the [`fleet`] and
+//! forwards it through [`upstream`], relaying the answer with [`stream`] — or
+//! [`fanout`] asks every backend and merges the answers. [`error`] words failures
+//! for the client's API. Around it: [`reload`] (hot swap), [`status`],
+//! [`record`] and [`plugin_cmd`] (replay), [`config`], [`cli`], [`sim`], [`demo`].
 #![forbid(unsafe_code)]
 
 pub mod body;
@@ -18,10 +20,15 @@ pub mod error;
 pub mod fanout;
 pub mod fleet;
 pub mod gateway;
+pub mod intake;
 pub mod plugin;
+pub mod plugin_cmd;
 pub mod policy;
+pub mod record;
+pub mod reload;
 pub mod server;
 pub mod sim;
+pub mod status;
 pub mod stream;
 pub mod upstream;
 pub mod version;

@@ -1,8 +1,9 @@
 //! The `llamagate` binary.
 
 use clap::Parser;
-use llamagate::cli::{Cli, Command};
+use llamagate::cli::{Cli, Command, PluginCommand};
 use llamagate::config::Config;
+use llamagate::server::Launch;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -51,9 +52,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ = llamagate::server::shutdown_signal() => Ok(()),
             }
         }
+        Some(Command::Plugin(command)) => {
+            let overrides = cli.serve.overrides()?;
+            tokio::task::spawn_blocking(move || match command {
+                PluginCommand::Check { file, with_config } => {
+                    llamagate::plugin_cmd::check(&file, with_config.as_deref())
+                }
+                PluginCommand::Test {
+                    file,
+                    requests,
+                    with_config,
+                    alone,
+                } => llamagate::plugin_cmd::test(llamagate::plugin_cmd::TestArgs {
+                    file,
+                    requests,
+                    overrides,
+                    alone,
+                    plugin_config: with_config,
+                }),
+            })
+            .await?
+        }
         None => {
-            let config = Config::load(&cli.serve.overrides()?)?;
-            llamagate::server::run(config, llamagate::server::shutdown_signal()).await
+            let overrides = cli.serve.overrides()?;
+            let config = Config::load(&overrides)?;
+            let launch = Launch {
+                config,
+                reload_from: Some(overrides),
+                record: cli.serve.record.clone(),
+            };
+            llamagate::server::run(launch, llamagate::server::shutdown_signal()).await
         }
     }
 }

@@ -14,6 +14,8 @@
 //! - Plugins get an empty WASI context: no files, network, environment or clock
 //!   beyond what WASI p2 always links.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -116,7 +118,12 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<State>,
     stop: Arc<AtomicBool>,
+    /// Compiled components by content hash, so a reload recompiles only what changed.
+    compiled: Mutex<HashMap<u64, Component>>,
 }
+
+/// Compiled components kept for reloads; past this the cache starts afresh.
+const MAX_CACHED_COMPONENTS: usize = 32;
 
 impl Runtime {
     /// Builds the engine and starts the epoch ticker thread.
@@ -175,6 +182,7 @@ impl Runtime {
             engine,
             linker,
             stop,
+            compiled: Mutex::default(),
         }))
     }
 
@@ -187,8 +195,8 @@ impl Runtime {
         config_json: String,
         limits: Limits,
     ) -> anyhow::Result<Plugin> {
-        let component = Component::new(&self.engine, wasm)
-            .map_err(anyhow::Error::from)
+        let component = self
+            .compile(wasm)
             .with_context(|| format!("plugin {name:?}: not a valid WebAssembly component"))?;
         let pre = self
             .linker
@@ -211,6 +219,26 @@ impl Runtime {
         let first = plugin.inner.start().map_err(|e| anyhow!("{e}"))?;
         plugin.inner.idle.lock().unwrap().push(first);
         Ok(plugin)
+    }
+}
+
+impl Runtime {
+    /// Compiles a component, or takes it from the cache when these bytes were
+    /// compiled before.
+    fn compile(&self, wasm: &[u8]) -> anyhow::Result<Component> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        wasm.hash(&mut hasher);
+        let key = hasher.finish();
+        if let Some(component) = self.compiled.lock().unwrap().get(&key) {
+            return Ok(component.clone());
+        }
+        let component = Component::new(&self.engine, wasm).map_err(anyhow::Error::from)?;
+        let mut cache = self.compiled.lock().unwrap();
+        if cache.len() >= MAX_CACHED_COMPONENTS {
+            cache.clear();
+        }
+        cache.insert(key, component.clone());
+        Ok(component)
     }
 }
 

@@ -3,20 +3,34 @@
 //!
 //! Each plugin sees the request as the plugins before it left it (renamed model,
 //! edited options, headers). The first `respond` ends the chain. The backend list
-//! of the last plugin that set one wins.
+//! of the last plugin that set one wins. A plugin that fails fails the request
+//! (`on_failure = "closed"`, the default) or is skipped (`"open"`).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::body::render;
+use crate::config::OnFailure;
 use crate::error::GatewayError;
-use crate::plugin::{Backend, Decision, Header, ListedModel, OptionEntry, Plugin, Reply, Request};
+use crate::plugin::{
+    Backend, Decision, Edits, Header, ListedModel, OptionEntry, Plugin, Reply, Request,
+};
+
+/// One plugin of a chain and what its failure does.
+#[derive(Clone)]
+pub struct Link {
+    /// The plugin.
+    pub plugin: Plugin,
+    /// Fail the request, or skip the plugin, when it fails.
+    pub on_failure: OnFailure,
+}
 
 /// The loaded plugins, in order.
 pub struct Chain {
-    plugins: Vec<Plugin>,
+    links: Vec<Link>,
 }
 
 /// What the chain decided.
@@ -27,9 +41,49 @@ pub enum Outcome {
         plugin: String,
         /// Its reply.
         reply: Reply,
+        /// What each plugin did, when tracing.
+        trace: Vec<String>,
     },
     /// Forward the request.
     Forward(Box<Plan>),
+}
+
+impl Outcome {
+    /// A one-line summary of the decision, for comparing live and shadow chains:
+    /// the status of an answer, or the model, backends and edits of a forward.
+    pub fn summary(&self) -> String {
+        match self {
+            Outcome::Respond { reply, .. } => format!("respond {}", reply.status),
+            Outcome::Forward(plan) => {
+                let mut s = format!(
+                    "forward model={} backends={:?}",
+                    plan.request.model.as_deref().unwrap_or("-"),
+                    plan.backends.as_ref().map(|(b, _)| b)
+                );
+                if plan.options_changed {
+                    let _ = write!(
+                        s,
+                        " options={}",
+                        crate::body::render_options(&plan.option_entries())
+                    );
+                }
+                if plan.keep_alive_changed {
+                    if let Some(k) = &plan.request.keep_alive {
+                        let _ = write!(s, " keep_alive={}", render(k));
+                    }
+                }
+                s
+            }
+        }
+    }
+
+    /// The per-plugin trace, when the chain ran with tracing on.
+    pub fn trace(&self) -> &[String] {
+        match self {
+            Outcome::Respond { trace, .. } => trace,
+            Outcome::Forward(plan) => &plan.trace,
+        }
+    }
 }
 
 /// A request as the chain left it, with what changed.
@@ -50,6 +104,8 @@ pub struct Plan {
     pub remove_headers: Vec<HeaderName>,
     /// Backends to try in order, and the plugin that chose them.
     pub backends: Option<(Vec<String>, String)>,
+    /// What each plugin did, when tracing.
+    pub trace: Vec<String>,
 }
 
 impl Plan {
@@ -63,13 +119,10 @@ impl Plan {
             edits.push((field, serde_json::to_string(model).expect("string")));
         }
         if self.options_changed {
-            let entries: Vec<(OptionEntry, Option<String>)> = self
-                .request
-                .options
-                .iter()
-                .map(|o| (o.clone(), self.raw_options.get(&o.key).cloned()))
-                .collect();
-            edits.push(("options", crate::body::render_options(&entries)));
+            edits.push((
+                "options",
+                crate::body::render_options(&self.option_entries()),
+            ));
         }
         if self.keep_alive_changed {
             if let Some(k) = &self.request.keep_alive {
@@ -78,26 +131,102 @@ impl Plan {
         }
         edits
     }
+
+    fn option_entries(&self) -> Vec<(OptionEntry, Option<String>)> {
+        self.request
+            .options
+            .iter()
+            .map(|o| (o.clone(), self.raw_options.get(&o.key).cloned()))
+            .collect()
+    }
+
+    /// Applies one plugin's edits to the view and records what must change.
+    fn apply(&mut self, plugin: &str, edits: Edits) -> Result<(), GatewayError> {
+        let req = &mut self.request;
+        if let Some(model) = edits.model {
+            if req.model.as_deref() != Some(model.as_str()) {
+                req.model = Some(model);
+                self.model_changed = true;
+            }
+        }
+        for entry in edits.set_options {
+            self.raw_options.remove(&entry.key);
+            match req.options.iter_mut().find(|o| o.key == entry.key) {
+                Some(existing) => existing.value = entry.value,
+                None => req.options.push(entry),
+            }
+            self.options_changed = true;
+        }
+        if !edits.remove_options.is_empty() {
+            req.options
+                .retain(|o| !edits.remove_options.contains(&o.key));
+            self.options_changed = true;
+        }
+        if let Some(keep_alive) = edits.keep_alive {
+            req.keep_alive = Some(keep_alive);
+            self.keep_alive_changed = true;
+        }
+        for name in edits.remove_headers {
+            let parsed = header_name(plugin, &name)?;
+            req.headers.retain(|h| !h.name.eq_ignore_ascii_case(&name));
+            self.set_headers.retain(|(n, _)| *n != parsed);
+            self.remove_headers.push(parsed);
+        }
+        for Header { name, value } in edits.set_headers {
+            let parsed = header_name(plugin, &name)?;
+            let parsed_value =
+                HeaderValue::from_str(&value).map_err(|_| GatewayError::PluginAnswer {
+                    plugin: plugin.to_string(),
+                    message: format!("set header {name:?} to an invalid value"),
+                })?;
+            req.headers.retain(|h| !h.name.eq_ignore_ascii_case(&name));
+            req.headers.push(Header {
+                name: parsed.as_str().to_string(),
+                value,
+            });
+            self.set_headers.retain(|(n, _)| *n != parsed);
+            self.set_headers.push((parsed, parsed_value));
+        }
+        if let Some(list) = edits.backends {
+            self.backends = Some((list, plugin.to_string()));
+        }
+        Ok(())
+    }
 }
 
 impl Chain {
-    /// A chain of `plugins`, run in this order.
-    pub fn new(plugins: Vec<Plugin>) -> Chain {
-        Chain { plugins }
+    /// A chain of `links`, run in this order.
+    pub fn new(links: Vec<Link>) -> Chain {
+        Chain { links }
+    }
+
+    /// A chain of plugins that all fail closed.
+    pub fn of(plugins: Vec<Plugin>) -> Chain {
+        Chain::new(
+            plugins
+                .into_iter()
+                .map(|plugin| Link {
+                    plugin,
+                    on_failure: OnFailure::Closed,
+                })
+                .collect(),
+        )
     }
 
     /// The plugins' names, in order.
     pub fn names(&self) -> Vec<&str> {
-        self.plugins.iter().map(|p| p.name()).collect()
+        self.links.iter().map(|l| l.plugin.name()).collect()
     }
 
-    /// Runs every plugin's `on-request`.
+    /// Runs every plugin's `on-request`. With `trace`, the outcome says what each
+    /// plugin did.
     pub fn decide(
         &self,
         request: Request,
         raw_options: BTreeMap<String, String>,
         backends: &[Backend],
         body: &Bytes,
+        trace: bool,
     ) -> Result<Outcome, GatewayError> {
         let mut plan = Plan {
             request,
@@ -108,72 +237,44 @@ impl Chain {
             set_headers: Vec::new(),
             remove_headers: Vec::new(),
             backends: None,
+            trace: Vec::new(),
         };
-        for plugin in &self.plugins {
-            let edits = match plugin.on_request(&plan.request, backends, body)? {
+        for link in &self.links {
+            let name = link.plugin.name();
+            let decision = match link.plugin.on_request(&plan.request, backends, body) {
+                Ok(d) => d,
+                Err(err) if link.on_failure == OnFailure::Open => {
+                    tracing::warn!("{err}; skipped (on_failure = \"open\")");
+                    if trace {
+                        plan.trace.push(format!("{name}: failed, skipped"));
+                    }
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            match decision {
                 Decision::Respond(reply) => {
                     if StatusCode::from_u16(reply.status).is_err() || reply.status < 200 {
                         return Err(GatewayError::PluginAnswer {
-                            plugin: plugin.name().to_string(),
+                            plugin: name.to_string(),
                             message: format!("answered with invalid status {}", reply.status),
                         });
                     }
+                    if trace {
+                        plan.trace.push(format!("{name}: respond {}", reply.status));
+                    }
                     return Ok(Outcome::Respond {
-                        plugin: plugin.name().to_string(),
+                        plugin: name.to_string(),
                         reply,
+                        trace: plan.trace,
                     });
                 }
-                Decision::Forward(edits) => edits,
-            };
-            let name = plugin.name();
-            let req = &mut plan.request;
-            if let Some(model) = edits.model {
-                if req.model.as_deref() != Some(model.as_str()) {
-                    req.model = Some(model);
-                    plan.model_changed = true;
+                Decision::Forward(edits) => {
+                    if trace {
+                        plan.trace.push(describe(name, &edits));
+                    }
+                    plan.apply(name, edits)?;
                 }
-            }
-            for entry in edits.set_options {
-                plan.raw_options.remove(&entry.key);
-                match req.options.iter_mut().find(|o| o.key == entry.key) {
-                    Some(existing) => existing.value = entry.value,
-                    None => req.options.push(entry),
-                }
-                plan.options_changed = true;
-            }
-            if !edits.remove_options.is_empty() {
-                req.options
-                    .retain(|o| !edits.remove_options.contains(&o.key));
-                plan.options_changed = true;
-            }
-            if let Some(keep_alive) = edits.keep_alive {
-                req.keep_alive = Some(keep_alive);
-                plan.keep_alive_changed = true;
-            }
-            for header in edits.remove_headers {
-                let parsed = header_name(name, &header)?;
-                req.headers
-                    .retain(|h| !h.name.eq_ignore_ascii_case(&header));
-                plan.set_headers.retain(|(n, _)| *n != parsed);
-                plan.remove_headers.push(parsed);
-            }
-            for Header { name: key, value } in edits.set_headers {
-                let parsed = header_name(name, &key)?;
-                let parsed_value =
-                    HeaderValue::from_str(&value).map_err(|_| GatewayError::PluginAnswer {
-                        plugin: name.to_string(),
-                        message: format!("set header {key:?} to an invalid value"),
-                    })?;
-                req.headers.retain(|h| !h.name.eq_ignore_ascii_case(&key));
-                req.headers.push(Header {
-                    name: parsed.as_str().to_string(),
-                    value,
-                });
-                plan.set_headers.retain(|(n, _)| *n != parsed);
-                plan.set_headers.push((parsed, parsed_value));
-            }
-            if let Some(list) = edits.backends {
-                plan.backends = Some((list, name.to_string()));
             }
         }
         Ok(Outcome::Forward(Box::new(plan)))
@@ -185,10 +286,47 @@ impl Chain {
         request: &Request,
         mut models: Vec<ListedModel>,
     ) -> Result<Vec<ListedModel>, GatewayError> {
-        for plugin in &self.plugins {
-            models = plugin.list_models(request, &models)?;
+        for link in &self.links {
+            match link.plugin.list_models(request, &models) {
+                Ok(shown) => models = shown,
+                Err(err) if link.on_failure == OnFailure::Open => {
+                    tracing::warn!("{err}; skipped (on_failure = \"open\")");
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
         Ok(models)
+    }
+}
+
+/// What one plugin's edits do, in a few words (`llama3.2 → gpu-01, num_ctx=8192`).
+fn describe(plugin: &str, edits: &Edits) -> String {
+    let mut parts = Vec::new();
+    if let Some(model) = &edits.model {
+        parts.push(format!("model={model}"));
+    }
+    for o in &edits.set_options {
+        parts.push(format!("{}={}", o.key, render(&o.value)));
+    }
+    for o in &edits.remove_options {
+        parts.push(format!("-{o}"));
+    }
+    if let Some(k) = &edits.keep_alive {
+        parts.push(format!("keep_alive={}", render(k)));
+    }
+    for h in &edits.set_headers {
+        parts.push(format!("header {}", h.name));
+    }
+    for h in &edits.remove_headers {
+        parts.push(format!("-header {h}"));
+    }
+    if let Some(b) = &edits.backends {
+        parts.push(format!("backends=[{}]", b.join(",")));
+    }
+    if parts.is_empty() {
+        format!("{plugin}: pass")
+    } else {
+        format!("{plugin}: {}", parts.join(" "))
     }
 }
 

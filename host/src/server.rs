@@ -1,6 +1,8 @@
-//! Accepting connections and starting the gateway.
+//! Starting llamagate: build the first generation, start probes, reloads and
+//! the accept loop.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -10,17 +12,19 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, Overrides, PluginSpec};
 use crate::fleet::Fleet;
-use crate::gateway::{Gateway, Settings};
+use crate::gateway::{Gateway, Generation, Settings};
 use crate::plugin::Runtime;
-use crate::policy::Chain;
+use crate::policy::{Chain, Link};
+use crate::record::Recorder;
+use crate::reload::Reloader;
 use crate::upstream::Upstream;
 
-/// Compiles and starts every plugin of the chain; fails with the plugin's message.
-pub fn load_chain(runtime: &Arc<Runtime>, config: &Config) -> anyhow::Result<Chain> {
-    let mut plugins = Vec::new();
-    for spec in &config.plugins {
+/// Compiles and starts every plugin of a chain; fails with the plugin's message.
+pub fn load_chain(runtime: &Arc<Runtime>, specs: &[PluginSpec]) -> anyhow::Result<Chain> {
+    let mut links = Vec::new();
+    for spec in specs {
         let wasm = spec.source.load()?;
         let plugin = runtime
             .load(
@@ -30,52 +34,108 @@ pub fn load_chain(runtime: &Arc<Runtime>, config: &Config) -> anyhow::Result<Cha
                 spec.limits.clone(),
             )
             .with_context(|| format!("loading plugin {:?}", spec.name))?;
-        plugins.push(plugin);
+        links.push(Link {
+            plugin,
+            on_failure: spec.on_failure,
+        });
     }
-    Ok(Chain::new(plugins))
+    Ok(Chain::new(links))
 }
 
-/// Builds a gateway from a config: plugins loaded, backends known, probes not started.
-pub fn build_gateway(config: &Config) -> anyhow::Result<Arc<Gateway>> {
-    let runtime = Runtime::new()?;
-    let chain = load_chain(&runtime, config)?;
-    let fleet = Arc::new(Fleet::new(&config.connections)?);
-    let upstream = Upstream::new(config.connect_timeout);
-    let settings = Settings {
-        max_body_size: config.max_body_size,
-        fanout_timeout: config.fanout_timeout,
+/// Builds a generation from a config: plugins loaded and started, backends known
+/// (keeping what `previous` knew of backends that did not change).
+pub fn build_generation(
+    runtime: &Arc<Runtime>,
+    config: &Config,
+    number: u64,
+    previous: Option<&Fleet>,
+) -> anyhow::Result<Generation> {
+    let chain = load_chain(runtime, &config.plugins)?;
+    let shadow = if config.shadow.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            load_chain(runtime, &config.shadow).context("loading the shadow chain")?,
+        ))
     };
-    Ok(Arc::new(Gateway::new(fleet, upstream, chain, settings)))
+    Ok(Generation {
+        number,
+        chain: Arc::new(chain),
+        shadow,
+        fleet: Arc::new(Fleet::new(&config.connections, previous)?),
+        settings: Settings {
+            max_body_size: config.max_body_size,
+            fanout_timeout: config.fanout_timeout,
+            probe_interval: config.probe_interval,
+            explain: config.explain,
+        },
+    })
 }
 
-/// Runs llamagate with `config` until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// How `run` was started.
+pub struct Launch {
+    /// The configuration to serve.
+    pub config: Config,
+    /// Where the configuration came from, to reload it (`None`: no reloads).
+    pub reload_from: Option<Overrides>,
+    /// Record requests to this file.
+    pub record: Option<PathBuf>,
+}
+
+/// Runs llamagate until `shutdown` resolves.
+pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let Launch {
+        config,
+        reload_from,
+        record,
+    } = launch;
+    let runtime = Runtime::new()?;
     // Plugin start-up runs guest code, which must stay off the async workers.
-    let gateway = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || build_gateway(&config))
+    let generation = {
+        let (runtime, config) = (runtime.clone(), config.clone());
+        tokio::task::spawn_blocking(move || build_generation(&runtime, &config, 1, None))
             .await
             .context("starting the gateway")??
     };
+    let recorder = record.as_deref().map(Recorder::open).transpose()?;
+    let upstream = Upstream::new(config.connect_timeout);
+    let gateway = Arc::new(Gateway::new(generation, upstream.clone(), recorder));
+
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(
         address = %listener.local_addr()?,
         backends = config.connections.len(),
-        plugins = ?gateway.chain().names(),
+        plugins = ?gateway.current().chain.names(),
         "llamagate is listening"
     );
     for (id, url) in &config.connections {
         tracing::info!(backend = %id, %url, "backend");
     }
-    tokio::spawn(
-        gateway
-            .fleet
-            .clone()
-            .probe_loop(gateway.upstream.clone(), config.probe_interval),
-    );
+    tokio::spawn(probe_loop(gateway.clone(), upstream));
+    if let Some(overrides) = reload_from {
+        let reloader = Arc::new(Reloader::new(runtime, gateway.clone(), overrides));
+        tokio::spawn(reloader.clone().on_hangup());
+        if config.watch {
+            tokio::spawn(reloader.watch(config.watched_files.clone()));
+        }
+    }
     serve(listener, gateway, shutdown).await
+}
+
+/// Probes the current generation's backends on its interval, forever.
+async fn probe_loop(gateway: Arc<Gateway>, upstream: Upstream) {
+    loop {
+        let generation = gateway.current();
+        let interval = generation.settings.probe_interval;
+        generation
+            .fleet
+            .probe_all(&upstream, interval.min(std::time::Duration::from_secs(5)))
+            .await;
+        drop(generation);
+        tokio::time::sleep(interval).await;
+    }
 }
 
 /// Serves connections from `listener` until `shutdown`, then lets in-flight

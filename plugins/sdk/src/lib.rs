@@ -1,8 +1,30 @@
 //! The llamagate plugin SDK.
 //!
 //! - [`names`]: Ollama's model-name rules (always available; the host uses them too).
-//! - `bindings` (feature `guest`, on by default): the generated bindings of the
-//!   `llamagate:policy` WIT world, and the [`export!`] macro a plugin calls once.
+//! - With the `guest` feature (on by default): the types of the `llamagate:policy`
+//!   WIT world with helpers, the [`Policy`] trait a plugin implements, and the
+//!   [`export!`] macro it calls once. See `wit/policy.wit` for each item's meaning.
+//!
+//! A plugin's logic can be unit-tested natively with `cargo test`: the types are
+//! plain Rust, [`testing`] builds requests and backends, and the host imports
+//! ([`log`], [`request_body`]) have native stand-ins.
+//!
+//! ```ignore
+//! use llamagate_sdk::{Backend, Decision, Edits, ListedModel, Policy, Request};
+//!
+//! struct Cap;
+//! impl Policy for Cap {
+//!     fn init(_config: String) -> Result<(), String> { Ok(()) }
+//!     fn on_request(req: Request, _backends: Vec<Backend>) -> Decision {
+//!         match req.option_i64("num_ctx") {
+//!             Some(n) if n > 8192 => Decision::forward(Edits::none().set_num_ctx(8192)),
+//!             _ => Decision::pass(),
+//!         }
+//!     }
+//!     fn list_models(_req: Request, models: Vec<ListedModel>) -> Vec<ListedModel> { models }
+//! }
+//! llamagate_sdk::export!(Cap);
+//! ```
 #![deny(unsafe_code)]
 
 pub mod names;
@@ -17,68 +39,41 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export",
         default_bindings_module: "llamagate_sdk::bindings",
+        additional_derives: [PartialEq],
     });
 }
 
 #[cfg(feature = "guest")]
-pub use bindings::export;
+mod helpers;
+#[cfg(feature = "guest")]
+pub mod testing;
+
+/// Exports a [`Policy`] implementation as the plugin's `policy` interface; call
+/// it once per plugin, e.g. `llamagate_sdk::export!(MyPolicy);`.
+///
+/// For `wasm32` it writes the component's exports. On other targets (native
+/// `cargo test` of a `cdylib` + `rlib` plugin crate) it only names the type: the
+/// component's export names (`llamagate:policy/policy@0.1.0#init`) cannot be
+/// symbols of a native shared library, whose linker would refuse them.
+#[cfg(feature = "guest")]
+#[macro_export]
+macro_rules! export {
+    ($ty:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::export!($ty with_types_in $crate::bindings);
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = (
+                <$ty as $crate::Policy>::init,
+                <$ty as $crate::Policy>::on_request,
+                <$ty as $crate::Policy>::list_models,
+            );
+        };
+    };
+}
 #[cfg(feature = "guest")]
 pub use bindings::exports::llamagate::policy::policy::Guest as Policy;
 #[cfg(feature = "guest")]
 pub use bindings::llamagate::policy::types::*;
-
-/// Log through the host, tagged with the plugin's name.
 #[cfg(feature = "guest")]
-pub fn log(level: Level, message: &str) {
-    bindings::llamagate::policy::host::log(level, message)
-}
-
-/// The raw request body (copies it into the plugin: use only when needed).
-#[cfg(feature = "guest")]
-pub fn request_body() -> Vec<u8> {
-    bindings::llamagate::policy::host::request_body()
-}
-
-#[cfg(feature = "guest")]
-impl Edits {
-    /// Edits that change nothing.
-    pub fn none() -> Self {
-        Edits {
-            model: None,
-            set_options: Vec::new(),
-            remove_options: Vec::new(),
-            keep_alive: None,
-            set_headers: Vec::new(),
-            remove_headers: Vec::new(),
-            backends: None,
-        }
-    }
-}
-
-#[cfg(feature = "guest")]
-impl Request {
-    /// The value of a request header (case-insensitive name).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
-    }
-
-    /// The value of an option, if the request sets it.
-    pub fn option(&self, key: &str) -> Option<&JsonValue> {
-        self.options.iter().find(|o| o.key == key).map(|o| &o.value)
-    }
-}
-
-#[cfg(feature = "guest")]
-impl Decision {
-    /// Answer the client with an error status and message.
-    pub fn reject(status: u16, message: impl Into<String>) -> Self {
-        Decision::Respond(Reply {
-            status,
-            message: message.into(),
-            headers: Vec::new(),
-        })
-    }
-}
+pub use helpers::{log, request_body, serving};

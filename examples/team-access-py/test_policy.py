@@ -1,0 +1,175 @@
+"""Native unit tests of the policy rules (no WebAssembly, no bindings).
+
+Run with any Python 3.9+: `python test_policy.py` (or `python -m unittest`).
+"""
+
+import json
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from team_access import (  # noqa: E402
+    Allow,
+    ConfigError,
+    Deny,
+    decide,
+    display,
+    key,
+    parse_config,
+    same,
+    visible,
+)
+
+CONFIG = parse_config(
+    json.dumps(
+        {
+            "tokens": {"sk-a": "team-a", "sk-root": "admins", "sk-none": "nobody"},
+            "teams": {
+                "team-a": ["llama3.2", "qwen2.5:14b"],
+                "admins": ["*"],
+                "nobody": [],
+            },
+        }
+    )
+)
+
+
+def auth(token):
+    return [("content-type", "application/json"), ("authorization", f"Bearer {token}")]
+
+
+class Names(unittest.TestCase):
+    """The cases of plugins/sdk/src/names.rs, so both ports agree."""
+
+    def test_display_forms(self):
+        for name, shown in [
+            ("llama3.2", "llama3.2:latest"),
+            ("llama3.2:latest", "llama3.2:latest"),
+            ("library/llama3.2", "llama3.2:latest"),
+            ("registry.ollama.ai/library/llama3.2:latest", "llama3.2:latest"),
+            ("qwen2.5:14b", "qwen2.5:14b"),
+            ("user/model:tag", "user/model:tag"),
+            ("hf.co/org/repo:Q4_K_M", "hf.co/org/repo:Q4_K_M"),
+            ("myreg:5000/ns/m", "myreg:5000/ns/m:latest"),
+            ("llama3.2@sha256:abc", "llama3.2:latest"),
+            ("llama3.2:", "llama3.2:latest"),
+            ("  llama3.2  ", "llama3.2:latest"),
+        ]:
+            self.assertEqual(display(name), shown, name)
+
+    def test_same_model_many_spellings(self):
+        for n in [
+            "llama3.2",
+            "LLAMA3.2",
+            "library/llama3.2",
+            "registry.ollama.ai/library/llama3.2:latest",
+            "Library/Llama3.2:LATEST",
+        ]:
+            self.assertTrue(same(n, "llama3.2:latest"), n)
+        self.assertFalse(same("llama3.2", "llama3.2:1b"))
+        self.assertFalse(same("llama3.2", "user/llama3.2"))
+
+    def test_only_ascii_is_folded(self):
+        # Rust's to_ascii_lowercase leaves non-ASCII letters alone.
+        self.assertEqual(key("MÖDEL"), "mÖdel:latest")
+
+
+class Requests(unittest.TestCase):
+    def test_no_token_is_401_with_a_challenge(self):
+        for headers in [[], [("authorization", "Basic dXNlcjpwYXNz")], [("authorization", "Bearer ")]]:
+            v = decide(CONFIG, "chat", "llama3.2", headers)
+            self.assertEqual(v.status, 401, headers)
+            self.assertIn(("www-authenticate", "Bearer"), v.headers)
+            self.assertIn("missing bearer token", v.message)
+
+    def test_unknown_token_is_401(self):
+        v = decide(CONFIG, "chat", "llama3.2", auth("sk-wrong"))
+        self.assertEqual(v, Deny(401, "invalid bearer token", (("www-authenticate", "Bearer"),)))
+
+    def test_token_scheme_and_header_name_are_case_insensitive(self):
+        v = decide(CONFIG, "chat", "llama3.2", [("Authorization", "bearer   sk-a ")])
+        self.assertIsInstance(v, Allow)
+
+    def test_allowed_model_is_forwarded_without_the_token(self):
+        for model in ["llama3.2", "llama3.2:latest", "library/llama3.2", "LLAMA3.2", "qwen2.5:14b"]:
+            v = decide(CONFIG, "chat", model, auth("sk-a"))
+            self.assertEqual(v, Allow(remove_headers=("authorization",)), model)
+
+    def test_forbidden_model_is_403_naming_team_and_model(self):
+        for model in ["mistral", "llama3.2:1b", "qwen2.5", "user/llama3.2"]:
+            v = decide(CONFIG, "openai-chat", model, auth("sk-a"))
+            self.assertIsInstance(v, Deny, model)
+            self.assertEqual(v.status, 403)
+            self.assertEqual(v.message, f'team "team-a" may not use model "{model}"')
+            self.assertEqual(v.headers, ())
+
+    def test_wildcard_team_may_use_anything(self):
+        self.assertIsInstance(decide(CONFIG, "generate", "anything:7b", auth("sk-root")), Allow)
+
+    def test_empty_team_may_use_nothing(self):
+        self.assertEqual(decide(CONFIG, "chat", "llama3.2", auth("sk-none")).status, 403)
+
+    def test_requests_without_a_model_need_only_a_token(self):
+        self.assertIsInstance(decide(CONFIG, "blobs", None, auth("sk-none")), Allow)
+        self.assertEqual(decide(CONFIG, "blobs", None, []).status, 401)
+
+    def test_listings_keep_the_token_for_list_models(self):
+        for endpoint in ["tags", "ps", "openai-models", "version"]:
+            self.assertEqual(decide(CONFIG, endpoint, None, auth("sk-a")), Allow(), endpoint)
+            self.assertEqual(decide(CONFIG, endpoint, None, []).status, 401, endpoint)
+
+
+class Listings(unittest.TestCase):
+    SOURCES = ["llama3.2:latest", "qwen2.5:14b", "mistral:latest", "library/LLAMA3.2"]
+
+    def test_team_sees_its_models(self):
+        self.assertEqual(visible(CONFIG, auth("sk-a"), self.SOURCES), [True, True, False, True])
+
+    def test_admins_see_everything(self):
+        self.assertEqual(visible(CONFIG, auth("sk-root"), self.SOURCES), [True] * 4)
+
+    def test_no_or_unknown_token_sees_nothing(self):
+        self.assertEqual(visible(CONFIG, [], self.SOURCES), [False] * 4)
+        self.assertEqual(visible(CONFIG, auth("sk-x"), self.SOURCES), [False] * 4)
+
+
+class Config(unittest.TestCase):
+    def refused(self, config):
+        text = config if isinstance(config, str) else json.dumps(config)
+        with self.assertRaises(ConfigError) as cm:
+            parse_config(text)
+        return str(cm.exception)
+
+    def test_the_readme_example_is_accepted(self):
+        parse_config(
+            '{"tokens": {"sk-a": "team-a"}, '
+            '"teams": {"team-a": ["llama3.2", "qwen2.5:14b"], "admins": ["*"]}}'
+        )
+
+    def test_bad_configs_are_refused_naming_the_key(self):
+        for config, expect in [
+            ({}, "`teams` is missing"),
+            ("not json", "not JSON"),
+            ([], "must be a table"),
+            ({"teams": {}}, "`tokens` is missing"),
+            ({"teams": [], "tokens": {}}, "`teams` must be a table"),
+            ({"teams": {"a": "llama3.2"}, "tokens": {}}, "`teams.a` must be a list"),
+            ({"teams": {"a": ["llama3.2", 7]}, "tokens": {}}, "`teams.a` holds 7"),
+            ({"teams": {"a": [""]}, "tokens": {}}, "`teams.a` holds \"\""),
+            ({"teams": {"a": []}, "tokens": {"sk-a": "b"}}, 'names team "b", which is not in `teams` (a)'),
+            ({"teams": {"a": []}, "tokens": {"sk-a": 1}}, "must name a team"),
+            ({"teams": {"a": []}, "tokens": {"": "a"}}, "non-empty"),
+            ({"teams": {}, "tokens": {}, "token": {}}, "unknown config key `token`"),
+        ]:
+            self.assertIn(expect, self.refused(config), config)
+
+    def test_errors_do_not_print_a_whole_token(self):
+        message = self.refused({"teams": {}, "tokens": {"sk-very-secret-token": "x"}})
+        self.assertNotIn("sk-very-secret-token", message)
+        self.assertIn("sk-v...", message)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=1)

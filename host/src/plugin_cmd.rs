@@ -1,0 +1,198 @@
+//! `llamagate plugin check` and `llamagate plugin test`: try a plugin before
+//! swapping it in.
+//!
+//! - `check FILE.wasm [--with-config C]`: does it compile, implement the
+//!   `llamagate:policy` world, and accept this config in `init`?
+//! - `test FILE.wasm --requests R.jsonl [--config llamagate.toml] [--alone]`:
+//!   replays requests recorded with `--record` through the chain (the configured
+//!   one with FILE appended, or FILE alone), offline, and prints each decision —
+//!   what a new policy would have done to yesterday's traffic.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config::{Config, OnFailure, Overrides, PluginSource, PluginSpec};
+use crate::endpoint::{classify, Rejection};
+use crate::error::GatewayError;
+use crate::fleet::Fleet;
+use crate::intake;
+use crate::plugin::{Limits, Runtime};
+use crate::policy::{Chain, Outcome};
+use crate::server::load_chain;
+
+/// Reads a plugin's config: a `.json` file, or a `.toml` file whose whole table
+/// is the config. `None` gives `{}`.
+pub fn read_plugin_config(path: Option<&Path>) -> anyhow::Result<String> {
+    let Some(path) = path else {
+        return Ok("{}".into());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        Ok(serde_json::to_string(&table)?)
+    } else {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        Ok(value.to_string())
+    }
+}
+
+/// `llamagate plugin check`.
+pub fn check(file: &Path, plugin_config: Option<&Path>) -> anyhow::Result<()> {
+    let config = read_plugin_config(plugin_config)?;
+    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let runtime = Runtime::new()?;
+    let started = Instant::now();
+    runtime.load(&name_of(file), &wasm, config, Limits::default())?;
+    println!(
+        "ok: {} implements llamagate:policy@0.1.0 and its init accepted the config ({} KiB, loaded in {} ms)",
+        file.display(),
+        wasm.len() / 1024,
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// What `llamagate plugin test` replays against.
+pub struct TestArgs {
+    /// The plugin to try.
+    pub file: PathBuf,
+    /// Recorded requests (JSON lines).
+    pub requests: PathBuf,
+    /// The gateway's configuration, if any (for its backends and chain).
+    pub overrides: Overrides,
+    /// Run the plugin alone instead of appending it to the configured chain.
+    pub alone: bool,
+    /// The plugin's config file.
+    pub plugin_config: Option<PathBuf>,
+}
+
+/// `llamagate plugin test`: prints one line per request and a summary.
+pub fn test(args: TestArgs) -> anyhow::Result<()> {
+    let runtime = Runtime::new()?;
+    let spec = PluginSpec {
+        name: name_of(&args.file),
+        source: PluginSource::File(args.file.clone()),
+        config_json: read_plugin_config(args.plugin_config.as_deref())?,
+        limits: Limits::default(),
+        on_failure: OnFailure::Closed,
+    };
+    let (chain, fleet) = if args.overrides.config.is_some() || !args.overrides.proxies.is_empty() {
+        let config = Config::load(&args.overrides)?;
+        let mut specs = if args.alone {
+            Vec::new()
+        } else {
+            config.plugins.clone()
+        };
+        specs.push(spec);
+        (
+            load_chain(&runtime, &specs)?,
+            Fleet::new(&config.connections, None)?,
+        )
+    } else {
+        (load_chain(&runtime, &[spec])?, Fleet::new(&[], None)?)
+    };
+    let chain = Arc::new(chain);
+    println!("chain: {}", chain.names().join(" -> "));
+    let recorded = crate::record::read(&args.requests)?;
+    let (mut forwarded, mut answered, mut failed) = (0, 0, 0);
+    for (i, entry) in recorded.iter().enumerate() {
+        let line = format!("#{:<4} {} {}", i + 1, entry.method, entry.path);
+        match replay(&chain, &fleet, entry, i) {
+            Ok((verdict, trace, is_forward)) => {
+                if is_forward {
+                    forwarded += 1;
+                } else {
+                    answered += 1;
+                }
+                println!("{line}  ->  {verdict}\n       {trace}");
+            }
+            Err(err) => {
+                failed += 1;
+                println!("{line}  ->  error {}: {err}", err.status().as_u16());
+            }
+        }
+    }
+    println!(
+        "{} requests: {forwarded} forwarded, {answered} answered by the policy, {failed} errors",
+        recorded.len()
+    );
+    Ok(())
+}
+
+/// Decides one recorded request: (verdict, per-plugin trace, forwarded?).
+fn replay(
+    chain: &Chain,
+    fleet: &Fleet,
+    entry: &crate::record::Recorded,
+    index: usize,
+) -> Result<(String, String, bool), GatewayError> {
+    let bad = |m: String| GatewayError::client(http::StatusCode::BAD_REQUEST, m);
+    let method = Method::from_bytes(entry.method.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let classified = classify(&method, &entry.path).map_err(|Rejection::MethodNotAllowed| {
+        GatewayError::client(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "405 method not allowed",
+        )
+    })?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &entry.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let body = entry.body_bytes().map_err(|e| bad(e.to_string()))?;
+    let intake = intake::prepare(intake::Incoming {
+        id: (index + 1).to_string(),
+        classified: &classified,
+        method: &method,
+        path: &entry.path,
+        headers: &headers,
+        body: &body,
+        client: entry.client.clone(),
+    })?;
+    let outcome = chain.decide(
+        intake.view,
+        intake.raw_options,
+        &fleet.views(),
+        &body.into(),
+        true,
+    )?;
+    let trace = outcome.trace().join("; ");
+    Ok(match outcome {
+        Outcome::Respond { plugin, reply, .. } => (
+            format!(
+                "{} {:?} (answered by {plugin})",
+                reply.status, reply.message
+            ),
+            trace,
+            false,
+        ),
+        Outcome::Forward(plan) => {
+            let verdict = match (&plan.backends, &plan.request.model) {
+                (Some((ids, _)), _) if !ids.is_empty() => {
+                    format!("forward to {}", ids.join(", then "))
+                }
+                (_, Some(model)) => format!("404 model {model:?} not found"),
+                (_, None) => "forward to any backend".to_string(),
+            };
+            let model = plan.request.model.as_deref().unwrap_or("-");
+            (format!("{verdict}  [model {model}]"), trace, true)
+        }
+    })
+}
+
+fn name_of(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into())
+}

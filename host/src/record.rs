@@ -1,0 +1,176 @@
+//! Recording requests to a JSON-lines file (`--record FILE`), and reading them
+//! back for `llamagate plugin test`.
+//!
+//! One line per request: `{"time_ms", "method", "path", "client", "headers":
+//! [[name, value]...], "body"}` where `body` is the body's text (or
+//! `body_base64` when it is not UTF-8). The file holds request bodies and
+//! credentials (`authorization` headers): it is created readable by its owner
+//! only. Lines are written by a background thread; when the disk falls behind,
+//! lines are dropped and counted rather than slowing requests down.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use anyhow::Context;
+use http::{HeaderMap, Method};
+use serde::{Deserialize, Serialize};
+
+/// One recorded request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recorded {
+    /// Unix time in milliseconds.
+    #[serde(default)]
+    pub time_ms: u64,
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Client address.
+    #[serde(default)]
+    pub client: String,
+    /// Headers in arrival order.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The body, when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The body in base64, when it is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+impl Recorded {
+    /// The body's bytes.
+    pub fn body_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        match (&self.body, &self.body_base64) {
+            (Some(text), _) => Ok(text.as_bytes().to_vec()),
+            (None, Some(b64)) => base64_decode(b64).context("body_base64 is not base64"),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Appends requests to a file from a background thread.
+pub struct Recorder {
+    lines: SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    /// Opens (appends to) `path`, created with mode 0600.
+    pub fn open(path: &Path) -> anyhow::Result<Recorder> {
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(path)
+            .with_context(|| format!("opening {} to record requests", path.display()))?;
+        let (lines, receiver) = sync_channel::<String>(10_000);
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("llamagate-record".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(file);
+                while let Ok(line) = receiver.recv() {
+                    let written = writeln!(out, "{line}").and_then(|_| {
+                        // Flush when idle, so the file is complete between bursts.
+                        match receiver.try_recv() {
+                            Ok(next) => writeln!(out, "{next}"),
+                            Err(_) => out.flush(),
+                        }
+                    });
+                    if let Err(e) = written {
+                        tracing::error!("recording to {shown} failed: {e}");
+                        return;
+                    }
+                }
+            })
+            .context("starting the recorder")?;
+        Ok(Recorder {
+            lines,
+            dropped: Arc::default(),
+        })
+    }
+
+    /// Queues one request; never blocks.
+    pub fn record(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        client: SocketAddr,
+        body: &[u8],
+    ) {
+        let (text, b64) = match std::str::from_utf8(body) {
+            Ok("") => (None, None),
+            Ok(t) => (Some(t.to_string()), None),
+            Err(_) => (None, Some(base64_encode(body))),
+        };
+        let entry = Recorded {
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
+            method: method.to_string(),
+            path: path.to_string(),
+            client: client.to_string(),
+            headers: headers
+                .iter()
+                .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+            body: text,
+            body_base64: b64,
+        };
+        let line = serde_json::to_string(&entry).expect("recorded request serialises");
+        if let Err(TrySendError::Full(_)) = self.lines.try_send(line) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!("request recorder is behind: {n} requests not recorded");
+            }
+        }
+    }
+}
+
+/// Reads a recording; a bad line is an error naming its number.
+pub fn read(path: &Path) -> anyhow::Result<Vec<Recorded>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: Recorded = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not a recorded request", path.display(), i + 1))?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    Ok(base64::engine::general_purpose::STANDARD.decode(text.trim())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trip() {
+        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", &[0, 255, 128, 7, 9]] {
+            assert_eq!(base64_decode(&base64_encode(data)).unwrap(), data);
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+}

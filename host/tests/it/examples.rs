@@ -1,0 +1,1 @@
+//! The example plugins of `examples/`, through the real proxy.

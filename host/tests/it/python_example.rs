@@ -1,0 +1,1 @@
+//! The Python example plugin (componentize-py), through the real proxy.

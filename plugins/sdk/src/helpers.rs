@@ -1,0 +1,280 @@
+//! Helpers on the generated types, so a simple policy is a few dozen lines.
+
+use crate::bindings::llamagate::policy::types::{
+    Backend, Decision, Edits, Endpoint, Header, JsonValue, Level, LoadedModel, OptionEntry, Reply,
+    Request,
+};
+use crate::names;
+
+/// Logs through the host, tagged with the plugin's name (natively: to stderr).
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    crate::bindings::llamagate::policy::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("[{level:?}] {message}");
+}
+
+/// The raw request body. It copies the whole body into the plugin (vision
+/// requests carry megabytes): use it only when the structured view is not enough.
+/// Natively, it returns what [`crate::testing::set_body`] set.
+pub fn request_body() -> Vec<u8> {
+    #[cfg(target_arch = "wasm32")]
+    return crate::bindings::llamagate::policy::host::request_body();
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testing::body();
+}
+
+/// The backends that serve `model` (names compared as Ollama compares them).
+pub fn serving<'a>(backends: &'a [Backend], model: &str) -> impl Iterator<Item = &'a Backend> {
+    let key = names::key(model);
+    backends
+        .iter()
+        .filter(move |b| b.models.iter().any(|m| names::key(m) == key))
+}
+
+impl Request {
+    /// The value of a request header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+
+    /// The token of an `Authorization: Bearer <token>` header.
+    pub fn bearer_token(&self) -> Option<&str> {
+        let value = self.header("authorization")?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The value of an option, if the request sets it.
+    pub fn option(&self, key: &str) -> Option<&JsonValue> {
+        self.options.iter().find(|o| o.key == key).map(|o| &o.value)
+    }
+
+    /// An integer option (`num_ctx`, `num_predict`, ...).
+    pub fn option_i64(&self, key: &str) -> Option<i64> {
+        self.option(key).and_then(JsonValue::as_i64)
+    }
+
+    /// Whether the request came through the OpenAI-compatible `/v1` API.
+    pub fn is_openai(&self) -> bool {
+        self.path.starts_with("/v1/")
+    }
+
+    /// Whether the endpoint takes an `options` object (`num_ctx` and the like).
+    pub fn takes_options(&self) -> bool {
+        matches!(
+            self.endpoint,
+            Endpoint::Generate | Endpoint::Chat | Endpoint::Embed | Endpoint::Embeddings
+        )
+    }
+
+    /// Whether the endpoint runs the model: generate, chat and embeddings, native
+    /// or OpenAI-compatible (`/v1/chat/completions`, `/v1/completions`,
+    /// `/v1/embeddings`, `/v1/responses`, `/v1/messages`). These are the requests
+    /// that load a model and occupy a GPU, so the ones worth placing by load or
+    /// memory; listings, `show` and model management (pull, create, delete...) are not.
+    pub fn is_inference(&self) -> bool {
+        matches!(
+            self.endpoint,
+            Endpoint::Generate
+                | Endpoint::Chat
+                | Endpoint::Embed
+                | Endpoint::Embeddings
+                | Endpoint::OpenaiChat
+                | Endpoint::OpenaiCompletions
+                | Endpoint::OpenaiEmbeddings
+                | Endpoint::OpenaiResponses
+                | Endpoint::OpenaiMessages
+        )
+    }
+}
+
+impl JsonValue {
+    /// The value as an integer, if it is a number without fraction.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            JsonValue::Integer(n) => Some(*n),
+            JsonValue::Number(f) if f.fract() == 0.0 => Some(*f as i64),
+            _ => None,
+        }
+    }
+
+    /// The value as a string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            JsonValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl Backend {
+    /// Whether the backend serves `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.iter().any(|m| names::same(m, model))
+    }
+
+    /// Whether `model` is loaded in the backend's memory right now.
+    pub fn has_loaded(&self, model: &str) -> bool {
+        self.loaded.iter().any(|l| names::same(&l.name, model))
+    }
+
+    /// The loaded runner of `model`, if it is loaded right now. Its
+    /// `context_length` tells whether a request's `num_ctx` would make Ollama
+    /// reload it (Ollama restarts a runner whose `num_ctx` differs).
+    pub fn loaded_model(&self, model: &str) -> Option<&LoadedModel> {
+        self.loaded.iter().find(|l| names::same(&l.name, model))
+    }
+}
+
+impl Edits {
+    /// Edits that change nothing.
+    pub fn none() -> Self {
+        Edits {
+            model: None,
+            set_options: Vec::new(),
+            remove_options: Vec::new(),
+            keep_alive: None,
+            set_headers: Vec::new(),
+            remove_headers: Vec::new(),
+            backends: None,
+        }
+    }
+
+    /// Send the request to these backends, tried in this order.
+    pub fn route_to<I, S>(mut self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.backends = Some(ids.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Rename the model before it reaches the backend.
+    pub fn rename_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Set an option, replacing the client's value.
+    pub fn set_option(mut self, key: impl Into<String>, value: JsonValue) -> Self {
+        let key = key.into();
+        self.set_options.retain(|o| o.key != key);
+        self.set_options.push(OptionEntry { key, value });
+        self
+    }
+
+    /// Set `options.num_ctx`.
+    pub fn set_num_ctx(self, tokens: i64) -> Self {
+        self.set_option("num_ctx", JsonValue::Integer(tokens))
+    }
+
+    /// Set `keep_alive`: seconds (`JsonValue::Integer(-1)`) or a duration (`Text("10m")`).
+    pub fn set_keep_alive(mut self, value: JsonValue) -> Self {
+        self.keep_alive = Some(value);
+        self
+    }
+
+    /// Set a request header.
+    pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set_headers.push(Header {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Remove a request header (so the backend never sees it, e.g. `authorization`).
+    pub fn remove_header(mut self, name: impl Into<String>) -> Self {
+        self.remove_headers.push(name.into());
+        self
+    }
+}
+
+impl Decision {
+    /// Go on unchanged.
+    pub fn pass() -> Self {
+        Decision::Forward(Edits::none())
+    }
+
+    /// Go on with these edits.
+    pub fn forward(edits: Edits) -> Self {
+        Decision::Forward(edits)
+    }
+
+    /// Answer the client with an error status and message; llamagate words it
+    /// in the client's API shape (`{"error":"..."}` or OpenAI's envelope).
+    pub fn reject(status: u16, message: impl Into<String>) -> Self {
+        Decision::Respond(Reply {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+        })
+    }
+
+    /// Like [`Decision::reject`], with response headers (`www-authenticate`, `retry-after`).
+    pub fn reject_with_headers(
+        status: u16,
+        message: impl Into<String>,
+        headers: &[(&str, &str)],
+    ) -> Self {
+        Decision::Respond(Reply {
+            status,
+            message: message.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The edits, if the decision forwards.
+    pub fn edits(&self) -> Option<&Edits> {
+        match self {
+            Decision::Forward(e) => Some(e),
+            Decision::Respond(_) => None,
+        }
+    }
+
+    /// The reply, if the decision answers.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Decision::Respond(r) => Some(r),
+            Decision::Forward(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{backend, request};
+    use crate::Endpoint;
+
+    #[test]
+    fn inference_endpoints() {
+        for e in [Endpoint::Chat, Endpoint::Embed, Endpoint::OpenaiChat] {
+            assert!(request(e, "llama3.2").is_inference(), "{e:?}");
+        }
+        for e in [Endpoint::Show, Endpoint::Pull, Endpoint::Tags] {
+            assert!(!request(e, "llama3.2").is_inference(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn loaded_model_by_any_spelling() {
+        let b = backend("gpu", &["llama3.2"]).with_loaded("llama3.2", 8192);
+        let runner = b.loaded_model("LLAMA3.2:latest").expect("loaded");
+        assert_eq!(runner.context_length, Some(8192));
+        assert!(b.loaded_model("qwen2.5:14b").is_none());
+    }
+}
