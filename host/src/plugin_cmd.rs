@@ -101,15 +101,15 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
     let chain = Arc::new(chain);
     println!("chain: {}", chain.names().join(" -> "));
     let recorded = crate::record::read(&args.requests)?;
-    let (mut forwarded, mut answered, mut failed) = (0, 0, 0);
+    let (mut forwarded, mut answered, mut not_found, mut failed) = (0, 0, 0, 0);
     for (i, entry) in recorded.iter().enumerate() {
         let line = format!("#{:<4} {} {}", i + 1, entry.method, entry.path);
         match replay(&chain, &fleet, entry, i) {
-            Ok((verdict, trace, is_forward)) => {
-                if is_forward {
-                    forwarded += 1;
-                } else {
-                    answered += 1;
+            Ok((verdict, trace, kind)) => {
+                match kind {
+                    Verdict::Forward => forwarded += 1,
+                    Verdict::Answer => answered += 1,
+                    Verdict::NotFound => not_found += 1,
                 }
                 println!("{line}  ->  {verdict}\n       {trace}");
             }
@@ -120,19 +120,27 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{} requests: {forwarded} forwarded, {answered} answered by the policy, {failed} errors",
+        "{} requests: {forwarded} forwarded, {answered} answered by the policy, \
+         {not_found} not found, {failed} errors",
         recorded.len()
     );
     Ok(())
 }
 
-/// Decides one recorded request: (verdict, per-plugin trace, forwarded?).
+/// What happened to a replayed request.
+enum Verdict {
+    Forward,
+    Answer,
+    NotFound,
+}
+
+/// Decides one recorded request: (verdict, per-plugin trace, kind).
 fn replay(
     chain: &Chain,
     fleet: &Fleet,
     entry: &crate::record::Recorded,
     index: usize,
-) -> Result<(String, String, bool), GatewayError> {
+) -> Result<(String, String, Verdict), GatewayError> {
     let bad = |m: String| GatewayError::client(http::StatusCode::BAD_REQUEST, m);
     let method = Method::from_bytes(entry.method.as_bytes()).map_err(|e| bad(e.to_string()))?;
     let classified = classify(&method, &entry.path).map_err(|Rejection::MethodNotAllowed| {
@@ -175,18 +183,23 @@ fn replay(
                 reply.status, reply.message
             ),
             trace,
-            false,
+            Verdict::Answer,
         ),
         Outcome::Forward(plan) => {
-            let verdict = match (&plan.backends, &plan.request.model) {
-                (Some((ids, _)), _) if !ids.is_empty() => {
-                    format!("forward to {}", ids.join(", then "))
-                }
-                (_, Some(model)) => format!("404 model {model:?} not found"),
-                (_, None) => "forward to any backend".to_string(),
-            };
             let model = plan.request.model.as_deref().unwrap_or("-");
-            (format!("{verdict}  [model {model}]"), trace, true)
+            match (&plan.backends, &plan.request.model) {
+                (Some((ids, _)), _) if !ids.is_empty() => (
+                    format!("forward to {}  [model {model}]", ids.join(", then ")),
+                    trace,
+                    Verdict::Forward,
+                ),
+                (_, Some(_)) => (
+                    format!("404 model {model:?} not found"),
+                    trace,
+                    Verdict::NotFound,
+                ),
+                (_, None) => ("forward to any backend".into(), trace, Verdict::Forward),
+            }
         }
     })
 }

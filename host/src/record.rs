@@ -76,14 +76,13 @@ impl Recorder {
             .name("llamagate-record".into())
             .spawn(move || {
                 let mut out = std::io::BufWriter::new(file);
-                while let Ok(line) = receiver.recv() {
-                    let written = writeln!(out, "{line}").and_then(|_| {
-                        // Flush when idle, so the file is complete between bursts.
-                        match receiver.try_recv() {
-                            Ok(next) => writeln!(out, "{next}"),
-                            Err(_) => out.flush(),
-                        }
-                    });
+                // Write what is queued, then flush, so the file is complete
+                // whenever the queue is empty.
+                while let Ok(first) = receiver.recv() {
+                    let written = std::iter::once(first)
+                        .chain(receiver.try_iter())
+                        .try_for_each(|line| writeln!(out, "{line}"))
+                        .and_then(|_| out.flush());
                     if let Err(e) = written {
                         tracing::error!("recording to {shown} failed: {e}");
                         return;

@@ -10,5 +10,6 @@ mod examples;
 mod fanout;
 mod plugins;
 mod python_example;
+mod reload;
 mod routing;
 mod streaming;

@@ -21,6 +21,8 @@ pub fn set_body(body: impl Into<Vec<u8>>) {
     BODY.with(|b| *b.borrow_mut() = body.into());
 }
 
+/// What [`set_body`] set; the native stand-in of the host's `request-body`.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn body() -> Vec<u8> {
     BODY.with(|b| b.borrow().clone())
 }

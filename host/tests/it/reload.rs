@@ -1,0 +1,207 @@
+//! Hot swap: a new plugin set replaces the old one without a restart and without
+//! failing a request; a broken one never replaces a working one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::*;
+
+fn config(backend: &str, num_ctx: u32, hostile: &std::path::Path) -> String {
+    format!(
+        r#"
+        [connections]
+        a = "{backend}"
+        [policy]
+        models = {{ "llama3.2" = "a" }}
+        defaults = {{ num_ctx = {num_ctx} }}
+        [[plugins]]
+        name = "hostile"
+        path = "{}"
+        "#,
+        hostile.display()
+    )
+}
+
+async fn num_ctx_seen(proxy: &Proxy, sim: &SimHandle) -> serde_json::Value {
+    sim.take_requests();
+    let r = post(
+        &format!("{}/api/generate", proxy.url),
+        &json!({"model":"llama3.2","prompt":"x","stream":false}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = sim
+        .take_requests()
+        .into_iter()
+        .find(|r| r.path == "/api/generate")
+        .unwrap();
+    seen.json()["options"]["num_ctx"].clone()
+}
+
+/// Polls until `num_ctx` reaches the backend as `want`.
+async fn wait_for_num_ctx(proxy: &Proxy, sim: &SimHandle, want: u32) -> Duration {
+    let start = Instant::now();
+    loop {
+        if num_ctx_seen(proxy, sim).await == json!(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "reload to num_ctx {want} never happened:\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn swaps_under_load_fail_no_request() {
+    let sim = backend(&["llama3.2"]).await;
+    let hostile = component("hostile-fixture");
+    let path = write_temp("llamagate.toml", &config(&sim.url(), 1000, &hostile));
+    let proxy = Proxy::start(&["--config", path.to_str().unwrap()]);
+    assert_eq!(num_ctx_seen(&proxy, &sim).await, json!(1000));
+
+    // Load: 8 clients sending streamed chats until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (url, stop, ok, failed) = (
+            format!("{}/api/chat", proxy.url),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = post(
+                    &url,
+                    &json!({"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}),
+                )
+                .await;
+                let done = r.status == 200 && r.lines().last().is_some_and(|l| l["done"] == true);
+                if done {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let mut swap_times = Vec::new();
+    for num_ctx in [2000, 3000, 4000, 5000] {
+        std::fs::write(&path, config(&sim.url(), num_ctx, &hostile)).unwrap();
+        swap_times.push(wait_for_num_ctx(&proxy, &sim, num_ctx).await);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("4 swaps under load: {ok} requests ok, {failed} failed; each swap seen after {swap_times:?}");
+    assert_eq!(failed, 0);
+    assert!(ok > 20, "the load ran ({ok} requests)");
+    let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+    assert_eq!(status["generation"], 5, "{status}");
+    assert_eq!(status["last_reload"]["ok"], true);
+    eprintln!(
+        "last swap: compile, init and swap took {} ms",
+        status["last_reload"]["took_ms"]
+    );
+}
+
+#[tokio::test]
+async fn a_broken_replacement_leaves_the_old_policy_live() {
+    let sim = backend(&["llama3.2"]).await;
+    let hostile = component("hostile-fixture");
+    // A private copy of the plugin, so this test can break it.
+    let plugin = write_temp("policy.wasm", "");
+    std::fs::copy(&hostile, &plugin).unwrap();
+    let path = write_temp("llamagate.toml", &config(&sim.url(), 1000, &plugin));
+    let proxy = Proxy::start(&["--config", path.to_str().unwrap()]);
+    assert_eq!(num_ctx_seen(&proxy, &sim).await, json!(1000));
+
+    // A plugin file that is not a component: the reload fails, 1000 stays.
+    std::fs::write(&plugin, b"\0asm garbage").unwrap();
+    std::fs::write(&path, config(&sim.url(), 2000, &plugin)).unwrap();
+    let status_url = format!("{}/llamagate/status", proxy.url);
+    let start = Instant::now();
+    let status = loop {
+        let status = get(&status_url).await.json();
+        if status["last_reload"]["ok"] == false {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no failed reload reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let message = status["last_reload"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("hostile") && message.contains("not a valid WebAssembly component"),
+        "{message}"
+    );
+    assert_eq!(status["generation"], 1);
+    assert_eq!(
+        num_ctx_seen(&proxy, &sim).await,
+        json!(1000),
+        "the old policy still serves"
+    );
+
+    // A plugin whose init refuses its config: also not swapped in, message shown.
+    std::fs::copy(&hostile, &plugin).unwrap();
+    std::fs::write(
+        &path,
+        config(&sim.url(), 3000, &plugin) + "config = { fail_init = \"no teams configured\" }\n",
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let status = get(&status_url).await.json();
+        if status["last_reload"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no teams configured")
+        {
+            assert_eq!(status["generation"], 1);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "init failure not reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(num_ctx_seen(&proxy, &sim).await, json!(1000));
+
+    // Fixed: the next reload goes through.
+    std::fs::write(&path, config(&sim.url(), 4000, &plugin)).unwrap();
+    wait_for_num_ctx(&proxy, &sim, 4000).await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads() {
+    let sim = backend(&["llama3.2"]).await;
+    let hostile = component("hostile-fixture");
+    // `watch = false`: only the signal reloads.
+    let path = write_temp(
+        "llamagate.toml",
+        &format!("watch = false\n{}", config(&sim.url(), 1000, &hostile)),
+    );
+    let proxy = Proxy::start(&["--config", path.to_str().unwrap()]);
+    std::fs::write(
+        &path,
+        format!("watch = false\n{}", config(&sim.url(), 2000, &hostile)),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(num_ctx_seen(&proxy, &sim).await, json!(1000), "not watched");
+    proxy.signal("HUP");
+    wait_for_num_ctx(&proxy, &sim, 2000).await;
+}
