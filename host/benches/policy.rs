@@ -53,6 +53,7 @@ fn request(body: &Bytes) -> (Request, BTreeMap<String, String>) {
         keep_alive: peeked.keep_alive.clone(),
         streaming: true,
         body_size: body.len() as u64,
+        route: None,
     };
     let raw = peeked
         .options

@@ -4,7 +4,6 @@
 //! `--plugin`) or override it (`--listen`). Every key is documented in the
 //! README's configuration table. A bad value fails start-up naming its key.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,9 +111,9 @@ pub struct FileConfig {
     pub explain: Option<bool>,
     /// `watch`: reload when the config or a plugin file changes (default true).
     pub watch: Option<bool>,
-    /// `[connections]`: id → URL.
+    /// `[connections]`: id → URL, in file order.
     #[serde(default)]
-    pub connections: BTreeMap<String, String>,
+    pub connections: toml::Table,
     /// `[policy]`: the default policy's config.
     #[serde(default)]
     pub policy: toml::Table,
@@ -220,11 +219,16 @@ impl Config {
         let listen = parse_listen(&listen_text)?;
 
         let mut connections: Vec<(String, String)> = Vec::new();
-        for (id, url) in file
-            .connections
-            .into_iter()
-            .chain(overrides.connections.clone())
-        {
+        let from_file = file.connections.into_iter().map(|(id, url)| match url {
+            toml::Value::String(url) => Ok((id, url)),
+            other => bail!(
+                "connections.{id}: expected a URL string, not {}",
+                other.type_str()
+            ),
+        });
+        let from_flags = overrides.connections.iter().cloned().map(Ok);
+        for entry in from_file.chain(from_flags) {
+            let (id, url) = entry?;
             let url = check_url(&url).with_context(|| format!("connections.{id}"))?;
             match connections.iter_mut().find(|(i, _)| *i == id) {
                 Some(existing) => existing.1 = url,

@@ -190,6 +190,9 @@ impl Gateway {
         })?;
         let backends = generation.fleet.views();
         let explain = generation.settings.explain;
+        // Listings are decided on the request as the client sent it: on-request
+        // edits (a stripped token, say) must not hide it from `list-models`.
+        let listing_view = (classified.handling == Handling::FanOut).then(|| intake.view.clone());
         let shadow_input = generation.shadow.as_ref().map(|s| {
             (
                 s.clone(),
@@ -234,7 +237,8 @@ impl Gateway {
 
         if classified.handling == Handling::FanOut {
             let head = parts.method == Method::HEAD;
-            let response = crate::fanout::serve(self, generation, &plan.request, head).await?;
+            let view = listing_view.unwrap_or_else(|| plan.request.clone());
+            let response = crate::fanout::serve(self, generation, &view, head).await?;
             return Ok(explained(response, trace, None));
         }
 

@@ -78,6 +78,7 @@ pub fn prepare(incoming: Incoming<'_>) -> Result<Intake, GatewayError> {
         options: peeked.options.iter().map(|(o, _)| o.clone()).collect(),
         keep_alive: peeked.keep_alive.clone(),
         body_size: incoming.body.len() as u64,
+        route: None,
     };
     Ok(Intake {
         view,

@@ -45,6 +45,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 version: args.version,
                 chunks: args.chunks,
                 chunk_delay: std::time::Duration::from_millis(args.chunk_delay_ms),
+                // Nobody reads the record of a standalone simulator.
+                record: false,
                 ..Default::default()
             };
             tokio::select! {

@@ -188,6 +188,7 @@ impl Plan {
             self.set_headers.push((parsed, parsed_value));
         }
         if let Some(list) = edits.backends {
+            req.route = Some(list.clone());
             self.backends = Some((list, plugin.to_string()));
         }
         Ok(())

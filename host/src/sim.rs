@@ -62,6 +62,9 @@ pub struct SimOptions {
     pub chunks: usize,
     /// Sleep between streamed chunks (and lines of pull/push/create progress).
     pub chunk_delay: Duration,
+    /// Keep every request for [`SimHandle::requests`]; off for long load runs,
+    /// where the record would grow without bound.
+    pub record: bool,
 }
 
 impl Default for SimOptions {
@@ -72,6 +75,7 @@ impl Default for SimOptions {
             version: "0.12.3".to_string(),
             chunks: 5,
             chunk_delay: Duration::ZERO,
+            record: true,
         }
     }
 }
@@ -230,6 +234,7 @@ struct State {
     ver: (u64, u64, u64),
     chunks: usize,
     delay: Duration,
+    record: bool,
     /// Whether the listener is on loopback (then the `Host` check applies).
     loopback: bool,
     hostname: String,
@@ -301,6 +306,7 @@ impl State {
             version: opts.version,
             chunks: opts.chunks,
             delay: opts.chunk_delay,
+            record: opts.record,
             loopback: addr.ip().is_loopback(),
             cancelled: Arc::default(),
             hostname,
@@ -614,21 +620,23 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Si
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| parts.uri.path().to_string());
-    lock(&state.recorded).push(Recorded {
-        method: parts.method.as_str().to_string(),
-        path: target,
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body.clone(),
-    });
+    if state.record {
+        lock(&state.recorded).push(Recorded {
+            method: parts.method.as_str().to_string(),
+            path: target,
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: body.clone(),
+        });
+    }
 
     let head = parts.method == Method::HEAD;
     let host = parts

@@ -71,6 +71,8 @@ pub fn route(config: &Config, req: &Request, backends: &[Backend]) -> Option<Vec
         .iter()
         .filter_map(|id| backends.iter().find(|b| &b.id == id))
         .filter(|b| b.models.is_empty() || b.serves(model))
+        // Stay within what earlier plugins (the default policy's map) allow.
+        .filter(|b| req.route.as_ref().is_none_or(|r| r.contains(&b.id)))
         .collect();
     if chosen.is_empty() {
         return None;

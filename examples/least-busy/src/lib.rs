@@ -1,6 +1,7 @@
 //! least-busy: send each request to the replica with the fewest requests in flight.
 //!
-//! Among the backends that serve the requested model, the one llamagate is
+//! Among the backends the plugins before it chose (or, when none chose, those
+//! that serve the requested model), the one llamagate is
 //! forwarding the fewest requests to right now (`backend.in_flight`) comes first;
 //! healthy backends before unhealthy ones, ties in llamagate's backend order.
 //! Only requests that run a model (generate, chat, embeddings, native or `/v1`)
@@ -12,7 +13,7 @@
 
 use std::sync::OnceLock;
 
-use llamagate_sdk::{names, serving, Backend, Decision, Edits, ListedModel, Policy, Request};
+use llamagate_sdk::{names, Backend, Decision, Edits, ListedModel, Policy, Request};
 use serde::Deserialize;
 
 /// The plugin's configuration.
@@ -48,7 +49,7 @@ pub fn route(config: &Config, req: &Request, backends: &[Backend]) -> Option<Vec
     if !config.places(model) {
         return None;
     }
-    let mut replicas: Vec<&Backend> = serving(backends, model).collect();
+    let mut replicas: Vec<&Backend> = req.candidates(backends);
     if replicas.is_empty() {
         return None;
     }

@@ -1,7 +1,8 @@
 //! warm-first: prefer the backends that have the model loaded already.
 //!
 //! A cold start reads gigabytes into GPU memory before the first token: seconds
-//! to minutes. Among the backends that serve the requested model this plugin
+//! to minutes. Among the backends the plugins before it chose (or, when none
+//! chose, those that serve the requested model) this plugin
 //! tries, in order: healthy before unhealthy, warm before cold, then the fewest
 //! requests in flight; ties keep llamagate's backend order.
 //!
@@ -16,7 +17,7 @@
 //! are placed; others, and models no backend reports serving yet, keep the
 //! choice of the plugins before this one. Config: none (`{}`).
 
-use llamagate_sdk::{serving, Backend, Decision, Edits, ListedModel, Policy, Request};
+use llamagate_sdk::{Backend, Decision, Edits, ListedModel, Policy, Request};
 use serde::Deserialize;
 
 /// The plugin takes no configuration; this refuses any key.
@@ -38,7 +39,7 @@ pub fn is_warm(backend: &Backend, model: &str, num_ctx: Option<i64>) -> bool {
 pub fn route(req: &Request, backends: &[Backend]) -> Option<Vec<String>> {
     let model = req.model.as_deref().filter(|_| req.is_inference())?;
     let num_ctx = req.option_i64("num_ctx");
-    let mut replicas: Vec<&Backend> = serving(backends, model).collect();
+    let mut replicas: Vec<&Backend> = req.candidates(backends);
     if replicas.is_empty() {
         return None;
     }

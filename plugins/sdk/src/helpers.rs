@@ -61,6 +61,17 @@ impl Request {
         self.option(key).and_then(JsonValue::as_i64)
     }
 
+    /// The backends a placing plugin may choose from: those an earlier plugin
+    /// of the chain chose (`route`, e.g. the default policy's model map), or,
+    /// when none chose, those that serve the requested model. Keeps fleet order.
+    pub fn candidates<'a>(&self, backends: &'a [Backend]) -> Vec<&'a Backend> {
+        match (&self.route, &self.model) {
+            (Some(route), _) => backends.iter().filter(|b| route.contains(&b.id)).collect(),
+            (None, Some(model)) => serving(backends, model).collect(),
+            (None, None) => backends.iter().collect(),
+        }
+    }
+
     /// Whether the request came through the OpenAI-compatible `/v1` API.
     pub fn is_openai(&self) -> bool {
         self.path.starts_with("/v1/")

@@ -56,6 +56,7 @@ pub fn request(endpoint: Endpoint, model: &str) -> Request {
         keep_alive: None,
         streaming: matches!(endpoint, Endpoint::Chat | Endpoint::Generate),
         body_size: 0,
+        route: None,
     }
 }
 
