@@ -28,7 +28,9 @@ fn main() {
 }
 
 fn build_default_policy(workspace: &Path) -> PathBuf {
-    ensure_target_installed();
+    if !target_installed() {
+        return PathBuf::new();
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = workspace.join("target").join("plugins");
     let mut cmd = Command::new(cargo);
@@ -63,8 +65,9 @@ fn build_default_policy(workspace: &Path) -> PathBuf {
         .join("default_policy.wasm")
 }
 
-/// Fails the build with the command to run when the plugin target is missing.
-fn ensure_target_installed() {
+/// Whether the plugin target is installed; if not, fails the build with the
+/// command to run.
+fn target_installed() -> bool {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sysroot = Command::new(rustc)
         .args(["--print", "sysroot"])
@@ -75,10 +78,15 @@ fn ensure_target_installed() {
         .map(|root| Path::new(&root).join("lib/rustlib").join(TARGET).exists())
         .unwrap_or(false);
     if !installed {
-        panic!(
-            "\n\nllamagate embeds its default policy, a WebAssembly component built for \
-             {TARGET}, and that target is not installed.\nRun:\n\n    rustup target add {TARGET}\n\n\
-             then build again (or set LLAMAGATE_DEFAULT_POLICY_WASM to a prebuilt component).\n"
+        // `cargo::error` fails the build with these lines and no panic noise.
+        println!(
+            "cargo::error=llamagate embeds its default policy, a WebAssembly component \
+             built for {TARGET}, and that target is not installed."
+        );
+        println!("cargo::error=Run `rustup target add {TARGET}` and build again");
+        println!(
+            "cargo::error=(or set LLAMAGATE_DEFAULT_POLICY_WASM to a prebuilt default-policy component)"
         );
     }
+    installed
 }
