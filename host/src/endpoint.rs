@@ -116,8 +116,8 @@ pub fn streams_by_default(endpoint: Endpoint) -> bool {
     )
 }
 
-/// Decodes `%XX` escapes in a path segment (model names may carry `:`).
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes in a path (model names may carry `:`).
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

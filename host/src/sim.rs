@@ -651,7 +651,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Si
     } else {
         let req = Req {
             method: parts.method,
-            path: percent_decode(parts.uri.path()),
+            path: crate::endpoint::percent_decode(parts.uri.path()),
             query: parts.uri.query().map(str::to_string),
             body,
         };
@@ -3112,24 +3112,8 @@ fn go_float(x: f64, f32_bits: bool) -> String {
 
 /// Standard base64 with padding.
 fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 // ---------------------------------------------------------------------------
@@ -3223,24 +3207,6 @@ fn parse_version(v: &str) -> (u64, u64, u64) {
     )
 }
 
-fn percent_decode(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
