@@ -3207,7 +3207,6 @@ fn parse_version(v: &str) -> (u64, u64, u64) {
     )
 }
 
-
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
