@@ -42,6 +42,10 @@ pub struct Config {
     pub watch: bool,
     /// Files whose change triggers a reload (config file and plugins).
     pub watched_files: Vec<PathBuf>,
+    /// Serve `GET /llamagate/status`.
+    pub status: bool,
+    /// On SIGTERM, how long requests in flight (streams) may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 /// One plugin of the chain.
@@ -111,6 +115,10 @@ pub struct FileConfig {
     pub explain: Option<bool>,
     /// `watch`: reload when the config or a plugin file changes (default true).
     pub watch: Option<bool>,
+    /// `status`: serve `/llamagate/status` (default true).
+    pub status: Option<bool>,
+    /// `shutdown_grace`: time in-flight requests get on shutdown.
+    pub shutdown_grace: Option<Text>,
     /// `[connections]`: id → URL, in file order.
     #[serde(default)]
     pub connections: toml::Table,
@@ -322,6 +330,12 @@ impl Config {
             shadow,
             explain: file.explain.unwrap_or(false) || overrides.explain,
             watch: file.watch.unwrap_or(true),
+            status: file.status.unwrap_or(true),
+            shutdown_grace: duration(
+                file.shutdown_grace,
+                "shutdown_grace",
+                Duration::from_secs(30),
+            )?,
         })
     }
 }

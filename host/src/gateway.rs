@@ -41,6 +41,8 @@ pub struct Settings {
     pub probe_interval: Duration,
     /// Add [`DECISION_HEADER`] to responses.
     pub explain: bool,
+    /// Serve the status endpoint.
+    pub status: bool,
 }
 
 /// What requests are decided with; replaced whole on reload.
@@ -132,7 +134,10 @@ impl Gateway {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
         if path == crate::status::PATH && request.method() == Method::GET {
-            return crate::status::response(self);
+            return match self.current().settings.status {
+                true => crate::status::response(self),
+                false => text_response(StatusCode::NOT_FOUND, "404 page not found"),
+            };
         }
         let classified = match classify(request.method(), &path) {
             Ok(c) => c,

@@ -68,6 +68,7 @@ pub fn build_generation(
             fanout_timeout: config.fanout_timeout,
             probe_interval: config.probe_interval,
             explain: config.explain,
+            status: config.status,
         },
     })
 }
@@ -121,7 +122,7 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> anyhow::
             tokio::spawn(reloader.watch(config.watched_files.clone()));
         }
     }
-    serve(listener, gateway, shutdown).await
+    serve(listener, gateway, shutdown, config.shutdown_grace).await
 }
 
 /// Probes the current generation's backends on its interval, forever.
@@ -139,11 +140,12 @@ async fn probe_loop(gateway: Arc<Gateway>, upstream: Upstream) {
 }
 
 /// Serves connections from `listener` until `shutdown`, then lets in-flight
-/// requests finish.
+/// requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
+    grace: std::time::Duration,
 ) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -175,8 +177,13 @@ pub async fn serve(
             }
         });
     }
-    tracing::info!("shutting down: waiting for requests in flight");
-    graceful.shutdown().await;
+    tracing::info!(?grace, "shutting down: waiting for requests in flight");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {grace:?}; closing them");
+    }
     Ok(())
 }
 

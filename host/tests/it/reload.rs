@@ -210,3 +210,57 @@ async fn sighup_reloads() {
     proxy.signal("HUP");
     wait_for_num_ctx(&proxy, &sim, 2000).await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_lets_a_stream_in_flight_finish() {
+    use http_body_util::BodyExt;
+    let sim = sim::spawn(SimOptions {
+        chunks: 6,
+        chunk_delay: Duration::from_millis(150),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let mut proxy = Proxy::start(&["--proxy", &format!("llama3.2={}", sim.url())]);
+    let response = open(
+        http::Method::POST,
+        &format!("{}/api/chat", proxy.url),
+        &[],
+        json!({"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}).to_string(),
+    )
+    .await;
+    let mut body = response.into_body();
+    let mut text = body
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap()
+        .to_vec();
+    proxy.signal("TERM");
+    while let Some(frame) = body.frame().await {
+        text.extend_from_slice(
+            &frame
+                .expect("the stream is not cut")
+                .into_data()
+                .unwrap_or_default(),
+        );
+    }
+    let last = String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(last.contains("\"done\":true"), "{last}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.alive() {
+        assert!(
+            Instant::now() < deadline,
+            "llamagate did not exit after the stream ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
