@@ -43,6 +43,12 @@ use bindings::{PolicyPlugin, PolicyPluginPre};
 /// How often the epoch ticker advances. Deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Whole epoch ticks covering `time`, plus one: the deadline is checked at tick
+/// boundaries, so a call gets at least `time`.
+fn ticks(time: Duration) -> u64 {
+    (time.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
+}
+
 /// Hard ceiling on any plugin's linear memory; per-plugin caps sit below it.
 const MAX_MEMORY_CEILING: usize = 1 << 30;
 
@@ -387,8 +393,14 @@ impl PluginInner {
     }
 
     fn deadline_ticks(&self) -> u64 {
-        let ticks = self.limits.time.as_micros() / EPOCH_TICK.as_micros();
-        (ticks as u64).max(1) + 1
+        ticks(self.limits.time)
+    }
+
+    /// Instantiation and `init` run once per instance and may parse a large
+    /// config (or, for interpreted plugins, start an interpreter): they get ten
+    /// times the call limit, and at least a second.
+    fn start_deadline_ticks(&self) -> u64 {
+        ticks((self.limits.time * 10).max(Duration::from_secs(1)))
     }
 
     fn classify(&self, err: wasmtime::Error, hit_memory_cap: bool) -> PluginError {
@@ -426,12 +438,12 @@ impl PluginInner {
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| s);
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(self.start_deadline_ticks());
         let bindings = self
             .pre
             .instantiate(&mut store)
             .map_err(|e| self.start_error(e, store.data().hit_memory_cap))?;
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(self.start_deadline_ticks());
         match bindings
             .llamagate_policy_policy()
             .call_init(&mut store, &self.config)

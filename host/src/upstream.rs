@@ -15,8 +15,10 @@ use crate::fleet::BackendState;
 use crate::RequestBody;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the
-/// framing headers hyper recomputes for the body it sends.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// framing headers hyper recomputes for the body it sends, and `expect`: the
+/// body was already read from the client.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::EXPECT,
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
