@@ -33,11 +33,6 @@ def _headers(req: Request):
     return [(h.name, h.value) for h in req.headers]
 
 
-def _endpoint(req: Request) -> str:
-    # Endpoint.OPENAI_MODELS -> "openai-models", the WIT case name.
-    return req.endpoint.name.lower().replace("_", "-")
-
-
 class Policy(exports.Policy):
     def init(self, config: str) -> None:
         global _config
@@ -49,7 +44,7 @@ class Policy(exports.Policy):
         host.log(Level.INFO, f"{len(_config.tokens)} tokens for {len(teams)} teams")
 
     def on_request(self, req: Request, backends: List[Backend]) -> Decision:
-        verdict = team_access.decide(_config, _endpoint(req), req.model, _headers(req))
+        verdict = team_access.decide(_config, req.model, _headers(req))
         if isinstance(verdict, team_access.Deny):
             return Decision_Respond(
                 Reply(

@@ -156,12 +156,6 @@ def parse_config(text: str) -> Config:
 
 Headers = Sequence[Tuple[str, str]]
 
-# Endpoints llamagate answers by asking every backend itself (no client headers
-# are forwarded) and whose result then goes through `list-models`, which sees
-# the request as `on-request` left it: keep `authorization` there, or
-# `list-models` could not tell the team.
-FAN_OUT = frozenset({"version", "tags", "ps", "openai-models"})
-
 
 @dataclass(frozen=True)
 class Deny:
@@ -206,9 +200,11 @@ def team_of(config: Config, headers: Headers) -> Optional[Team]:
     return None if token is None else config.tokens.get(token)
 
 
-def decide(config: Config, endpoint: str, model: Optional[str], headers: Headers) -> Verdict:
-    """The verdict on one request. `endpoint` is the WIT case name (`chat`,
-    `openai-models`, ...); `model` is what the request names, if anything."""
+def decide(config: Config, model: Optional[str], headers: Headers) -> Verdict:
+    """The verdict on one request. `model` is what the request names, if anything.
+
+    The token never reaches a backend. Listings (`/api/tags`, ...) lose nothing by
+    this: llamagate calls `list-models` with the request as the client sent it."""
     token = bearer_token(headers)
     if token is None:
         return Deny(401, "missing bearer token: send `Authorization: Bearer <token>`", CHALLENGE)
@@ -217,8 +213,6 @@ def decide(config: Config, endpoint: str, model: Optional[str], headers: Headers
         return Deny(401, "invalid bearer token", CHALLENGE)
     if model is not None and not team.allows(model):
         return Deny(403, f"team {json.dumps(team.name)} may not use model {json.dumps(model)}")
-    if endpoint in FAN_OUT:
-        return Allow()
     return Allow(remove_headers=("authorization",))
 
 

@@ -121,7 +121,9 @@ impl Proxy {
                 sink.lock().unwrap().push(line);
             }
         });
-        match rx.recv_timeout(Duration::from_secs(30)) {
+        // Generous: an interpreter component (Python) takes Cranelift many seconds
+        // on a busy machine. A process that exits is noticed at once anyway.
+        match rx.recv_timeout(Duration::from_secs(180)) {
             Ok(addr) => Ok(Proxy {
                 child,
                 url: format!("http://{addr}"),

@@ -11,10 +11,9 @@
 //! `.ci/test` makes such a virtualenv. Without it the tests are skipped locally,
 //! but fail in CI.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::Method;
@@ -105,9 +104,11 @@ fn python_component(componentize_py: &Path) -> PathBuf {
                 .arg(workspace().join("wit"))
                 .args(["-w", "policy-plugin", "componentize", "app", "-o"])
                 .arg(&partial)
-                .env("PYTHONDONTWRITEBYTECODE", "1")
                 .output()
                 .expect("running componentize-py");
+            if !output.status.success() {
+                let _ = std::fs::remove_file(&partial);
+            }
             assert!(
                 output.status.success(),
                 "componentize-py failed:\nstdout:\n{}\nstderr:\n{}",
@@ -124,79 +125,6 @@ fn python_component(componentize_py: &Path) -> PathBuf {
             out
         })
         .clone()
-}
-
-/// A llamagate process given more time to start than `Proxy` gives: compiling
-/// an ~18 MB interpreter component takes Cranelift seconds, more on a busy machine.
-struct SlowProxy {
-    child: Child,
-    url: String,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl SlowProxy {
-    const START_TIMEOUT: Duration = Duration::from_secs(180);
-
-    /// Starts llamagate with this config file; `Err` holds its
-    /// output if it exited (or hung) instead of listening.
-    fn try_start(config: &Path) -> Result<SlowProxy, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
-            .arg("--config")
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--level", "info"])
-            .env_remove("LLAMAGATE_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting llamagate");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("address="))
-                {
-                    let _ = tx.send(addr.to_string());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let started = Instant::now();
-        match rx.recv_timeout(Self::START_TIMEOUT) {
-            Ok(addr) => {
-                eprintln!(
-                    "llamagate with the Python plugin listening after {:.1?}",
-                    started.elapsed()
-                );
-                Ok(SlowProxy {
-                    child,
-                    url: format!("http://{addr}"),
-                    logs,
-                })
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                Err(logs.lock().unwrap().join("\n"))
-            }
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for SlowProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const TEAMS: &str = r#"{ tokens = { "sk-a" = "team-a", "sk-root" = "admins" }, teams = { "team-a" = ["llama3.2", "qwen2.5:14b"], "admins" = ["*"] } }"#;
@@ -272,10 +200,12 @@ async fn python_plugin_authenticates_authorizes_and_filters_per_team() {
 
     let config_path = write_temp("llamagate.toml", &config(&a, &b, &wasm, TEAMS));
     let start_path = config_path.clone();
-    let proxy = tokio::task::spawn_blocking(move || SlowProxy::try_start(&start_path))
-        .await
-        .unwrap()
-        .unwrap_or_else(|logs| panic!("llamagate did not start:\n{logs}"));
+    // Compiling the ~18 MB interpreter component takes Cranelift seconds.
+    let proxy = tokio::task::spawn_blocking(move || {
+        Proxy::start(&["--config", start_path.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
     let url = |path: &str| format!("{}{path}", proxy.url);
     let team_a = [("authorization", "Bearer sk-a"), ("x-trace", "t-1")];
     let admin = [("authorization", "Bearer sk-root")];
