@@ -10,6 +10,7 @@
 //! for the client's API. Around it: [`reload`] (hot swap), [`status`],
 //! [`record`] and [`plugin_cmd`] (replay), [`config`], [`cli`], [`sim`], [`demo`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod body;
 pub mod cli;

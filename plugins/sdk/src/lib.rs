@@ -26,6 +26,7 @@
 //! llamagate_sdk::export!(Cap);
 //! ```
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod names;
 
