@@ -87,14 +87,6 @@ fn manages_models(endpoint: Endpoint) -> bool {
     )
 }
 
-/// Whether llamagate answers the endpoint with a merged listing (`list_models`).
-fn is_listing(endpoint: Endpoint) -> bool {
-    matches!(
-        endpoint,
-        Endpoint::Tags | Endpoint::Ps | Endpoint::OpenaiModels
-    )
-}
-
 /// The verdict on one request.
 pub fn decide(config: &Config, req: &Request) -> Decision {
     let Some(team) = config.team(req) else {
@@ -112,9 +104,8 @@ pub fn decide(config: &Config, req: &Request) -> Decision {
             return Decision::reject(403, format!("team {team:?} may not use model {model:?}"));
         }
     }
-    // llamagate answers listings itself, asking each backend without the client's
-    // headers, and `list_models` sees the request as edited: keep the token there.
-    if config.forward_token || is_listing(req.endpoint) {
+    // `list_models` sees the request as the client sent it, so the token can go.
+    if config.forward_token {
         Decision::pass()
     } else {
         Decision::forward(Edits::none().remove_header("authorization"))
@@ -236,12 +227,6 @@ mod tests {
         assert_eq!(removed.edits().unwrap().remove_headers, ["authorization"]);
         let kept = decide(&config(true), &chat("llama3.2", "sk-a"));
         assert_eq!(kept, Decision::pass());
-        let tags = request(Endpoint::Tags, "").with_header("authorization", "Bearer sk-a");
-        assert_eq!(
-            decide(&config(false), &tags),
-            Decision::pass(),
-            "kept for list_models"
-        );
     }
 
     #[test]
