@@ -17,7 +17,7 @@ async fn hostile_fleet(toml_extra: &str) -> (SimHandle, Proxy) {
             [[plugins]]
             name = "hostile"
             path = "{}"
-            time_limit = "50ms"
+            time_limit = "250ms"
             memory_limit = "32MiB"
             {toml_extra}
             "#,
