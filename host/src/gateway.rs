@@ -25,7 +25,7 @@ use crate::policy::{Chain, Outcome, Plan};
 use crate::record::Recorder;
 use crate::stream::{Framing, Relay};
 use crate::upstream::Upstream;
-use crate::{full_body, RequestBody, ResponseBody};
+use crate::{RequestBody, ResponseBody};
 
 /// The response header that explains a decision (with `explain = true`).
 pub const DECISION_HEADER: &str = "x-llamagate-decision";
@@ -510,18 +510,12 @@ fn relay(
     Response::from_parts(parts, body.boxed_unsync())
 }
 
-/// A JSON response assembled by llamagate itself.
+/// A JSON response assembled by llamagate itself (an empty body for `HEAD`).
 pub fn json(status: StatusCode, value: &serde_json::Value, head: bool) -> Response<ResponseBody> {
     let text = if head {
         Bytes::new()
     } else {
         Bytes::from(value.to_string())
     };
-    let mut response = Response::new(full_body(text));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
+    crate::error::json_response(status, "application/json; charset=utf-8", text)
 }

@@ -89,18 +89,6 @@ pub enum PluginError {
     },
 }
 
-impl PluginError {
-    /// The name of the plugin that failed.
-    pub fn plugin(&self) -> &str {
-        match self {
-            PluginError::Timeout { plugin, .. }
-            | PluginError::OutOfMemory { plugin, .. }
-            | PluginError::Trap { plugin, .. }
-            | PluginError::Start { plugin, .. } => plugin,
-        }
-    }
-}
-
 /// Sandbox limits of one plugin.
 #[derive(Clone, Debug)]
 pub struct Limits {
