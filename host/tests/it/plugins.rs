@@ -341,9 +341,17 @@ async fn recorded_traffic_replays_through_a_new_plugin() {
     )
     .await;
     assert_eq!(r.status, 404);
+    // The recorder writes from a background thread: wait for the last line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let recorded = std::fs::read_to_string(&record).unwrap();
+        if recorded.lines().count() == 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{recorded}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     drop(proxy);
-    let recorded = std::fs::read_to_string(&record).unwrap();
-    assert_eq!(recorded.lines().count(), 4, "{recorded}");
 
     let hostile = component("hostile-fixture");
     let (ok, out) = llamagate(&[
