@@ -13,6 +13,7 @@ from wit_world.imports import host
 from wit_world.imports.types import (
     Backend,
     Decision,
+    Endpoint,
     Decision_Forward,
     Decision_Respond,
     Edits,
@@ -24,6 +25,17 @@ from wit_world.imports.types import (
 )
 
 import team_access
+
+# Requests that change a server for everyone: only teams allowed "*".
+_MANAGING = {
+    Endpoint.PULL,
+    Endpoint.PUSH,
+    Endpoint.CREATE,
+    Endpoint.COPY,
+    Endpoint.DELETE,
+    Endpoint.BLOBS,
+    Endpoint.OTHER,
+}
 
 # One per instance: llamagate calls `init` once on every fresh instance.
 _config: Optional[team_access.Config] = None
@@ -40,11 +52,19 @@ class Policy(exports.Policy):
             _config = team_access.parse_config(config)
         except team_access.ConfigError as e:
             raise Err(str(e))
-        teams = {t.name for t in _config.tokens.values()}
-        host.log(Level.INFO, f"{len(_config.tokens)} tokens for {len(teams)} teams")
+        host.log(Level.INFO, f"{len(_config.tokens)} tokens for {len(_config.teams)} teams")
+        if _config.plaintext:
+            host.log(
+                Level.WARN,
+                f"{_config.plaintext} of {len(_config.tokens)} tokens are written in plain "
+                'text: write "sha256:<hex>" (printf %s "$TOKEN" | sha256sum) so the config '
+                "holds no usable secret",
+            )
 
     def on_request(self, req: Request, backends: List[Backend]) -> Decision:
-        verdict = team_access.decide(_config, req.model, _headers(req))
+        verdict = team_access.decide(
+            _config, req.model, _headers(req), manages=req.endpoint in _MANAGING
+        )
         if isinstance(verdict, team_access.Deny):
             return Decision_Respond(
                 Reply(

@@ -6,11 +6,19 @@ adapter that turns llamagate's WIT types into these calls and back.
 
 Config (the plugin's `config` table, handed to `init` as JSON)::
 
-    {"tokens": {"sk-a": "team-a", "sk-root": "admins"},
+    {"tokens": {"sha256:<64 hex digits>": "team-a", "sha256:<...>": "admins"},
      "teams":  {"team-a": ["llama3.2", "qwen2.5:14b"], "admins": ["*"]}}
+
+A token is configured by its SHA-256 (`printf %s "$TOKEN" | sha256sum`), so the
+config holds no usable secret. A presented token is hashed and its digest compared
+with every configured digest by `hmac.compare_digest`, without stopping at a match
+(the rules of plugins/sdk/src/keys.rs). Plaintext tokens are still accepted, hashed
+when the config is read, and counted so that `init` can warn.
 """
 
 from dataclasses import dataclass
+import hashlib
+import hmac
 import json
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -83,17 +91,67 @@ class Team:
         return self.everything or key(model) in self.models
 
 
+DIGEST_PREFIX = "sha256:"
+
+
+def sha256_hex(token: str) -> str:
+    """The SHA-256 of a token's UTF-8 bytes, lowercase hex: what follows `sha256:`."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
 @dataclass(frozen=True)
 class Config:
-    tokens: Dict[str, Team]
+    # (SHA-256 of a token, its team), in config order. A list, not a dict keyed by
+    # token: a lookup compares the presented token's digest with every entry.
+    tokens: Tuple[Tuple[bytes, Team], ...]
+    plaintext: int = 0  # how many tokens were written in plain text
+
+    def team(self, token: str) -> Optional[Team]:
+        """The team of `token`, if configured. Compares its digest with every
+        entry in constant time (`hmac.compare_digest`) and does not stop at the
+        first match, so the time taken does not tell which entry, or how much of
+        the token, was right. Digests are unique (parse_config checks)."""
+        presented = _digest(token)
+        found = None
+        for digest, team in self.tokens:
+            if hmac.compare_digest(digest, presented):
+                found = team
+        return found
+
+    @property
+    def teams(self) -> FrozenSet[str]:
+        return frozenset(t.name for _, t in self.tokens)
 
 
-def _redact(token: str) -> str:
-    # Errors end up in llamagate's log: never print a whole secret.
-    return (token[:4] + "...") if len(token) > 8 else "..."
+def _parse_key(key: str) -> Tuple[bytes, bool]:
+    """A config key -> (digest, written in plain text?). Raises ConfigError with
+    a message that never quotes the key."""
+    if not key:
+        raise ConfigError("the key is empty")
+    if key[: len(DIGEST_PREFIX)].lower() == DIGEST_PREFIX:
+        hexpart = key[len(DIGEST_PREFIX):]
+        if len(hexpart) != 64:
+            raise ConfigError(
+                "a `sha256:` key must be followed by 64 hex digits (the SHA-256 of the "
+                'token, as `printf %s "$TOKEN" | sha256sum` prints it); this one has '
+                f"{len(hexpart)} characters"
+            )
+        if any(c not in "0123456789abcdefABCDEF" for c in hexpart):
+            raise ConfigError("a `sha256:` key must be followed by hex digits only (0-9, a-f)")
+        return bytes.fromhex(hexpart), False
+    if key != key.strip():
+        raise ConfigError("the key starts or ends with whitespace, which no bearer token can")
+    return _digest(key), True
 
 
-EXAMPLE = '{"tokens": {"sk-a": "team-a"}, "teams": {"team-a": ["llama3.2"]}}'
+EXAMPLE = (
+    '{"tokens": {"sha256:<printf %s $TOKEN | sha256sum>": "team-a"}, '
+    '"teams": {"team-a": ["llama3.2"]}}'
+)
 
 
 def parse_config(text: str) -> Config:
@@ -134,20 +192,30 @@ def parse_config(text: str) -> Config:
                 keys.add(key(m))
         teams[name] = Team(name, everything, frozenset(keys))
 
-    tokens: Dict[str, Team] = {}
-    for token, team in raw["tokens"].items():
-        where = f"`tokens` entry {json.dumps(_redact(token))}"
-        if not token or token != token.strip():
-            raise ConfigError(f"{where}: a token must be non-empty, without surrounding spaces")
+    # Messages name the entry by its position and team, never by its key: the
+    # log must not hold a token, nor a hash to try candidates against.
+    tokens: List[Tuple[bytes, Team]] = []
+    plaintext = 0
+    for n, (token, team) in enumerate(raw["tokens"].items(), 1):
+        where = f"`tokens` entry {n}"
         if not isinstance(team, str):
             raise ConfigError(f"{where} must name a team (a string)")
+        where += f" (team {json.dumps(team)})"
         if team not in teams:
             known = ", ".join(sorted(teams)) or "none"
             raise ConfigError(
-                f"{where} names team {json.dumps(team)}, which is not in `teams` ({known})"
+                f"`tokens` entry {n} names team {json.dumps(team)}, "
+                f"which is not in `teams` ({known})"
             )
-        tokens[token] = teams[team]
-    return Config(tokens)
+        try:
+            digest, plain = _parse_key(token)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if any(d == digest for d, _ in tokens):
+            raise ConfigError(f"{where}: the key stands for the same token as another entry")
+        tokens.append((digest, teams[team]))
+        plaintext += plain
+    return Config(tuple(tokens), plaintext)
 
 
 # ---------------------------------------------------------------------------
@@ -197,20 +265,25 @@ def bearer_token(headers: Headers) -> Optional[str]:
 
 def team_of(config: Config, headers: Headers) -> Optional[Team]:
     token = bearer_token(headers)
-    return None if token is None else config.tokens.get(token)
+    return None if token is None else config.team(token)
 
 
-def decide(config: Config, model: Optional[str], headers: Headers) -> Verdict:
-    """The verdict on one request. `model` is what the request names, if anything.
+def decide(config: Config, model: Optional[str], headers: Headers, manages: bool = False) -> Verdict:
+    """The verdict on one request. `model` is what the request names, if anything;
+    `manages` says whether the request changes a server for everyone (pull, push,
+    create, copy, delete, blob uploads, endpoints llamagate does not know), which
+    only teams allowed "*" may do.
 
     The token never reaches a backend. Listings (`/api/tags`, ...) lose nothing by
     this: llamagate calls `list-models` with the request as the client sent it."""
     token = bearer_token(headers)
     if token is None:
         return Deny(401, "missing bearer token: send `Authorization: Bearer <token>`", CHALLENGE)
-    team = config.tokens.get(token)
+    team = config.team(token)
     if team is None:
         return Deny(401, "invalid bearer token", CHALLENGE)
+    if manages and not team.everything:
+        return Deny(403, f"team {json.dumps(team.name)} may not manage models or call this endpoint")
     if model is not None and not team.allows(model):
         return Deny(403, f"team {json.dumps(team.name)} may not use model {json.dumps(model)}")
     return Allow(remove_headers=("authorization",))

@@ -2,69 +2,93 @@
 //!
 //! Every request needs `Authorization: Bearer <token>` with a configured token
 //! (else 401 with `www-authenticate: Bearer`). A request that names a model is
-//! allowed only if the token's team may use it (else 403); requests without a
-//! model (`/api/tags`, `/api/ps`, `/api/version`, blobs) need only a valid token.
-//! Managing models (pull, push, create, copy, delete) changes them for everyone,
-//! so only teams allowed `"*"` may do it. Listings (`/api/tags`, `/api/ps`,
+//! allowed only if the token's team may use it (else 403); listings and
+//! `/api/version` need only a valid token. Requests that change a server for
+//! everyone — managing models (pull, push, create, copy, delete), blob uploads,
+//! and any endpoint llamagate does not know (a newer Ollama's `/api/signout`,
+//! say) — are allowed only to teams allowed `"*"`. Listings (`/api/tags`, `/api/ps`,
 //! `/v1/models`) show each team only its models. The token is removed before
 //! the request reaches a backend, unless `forward_token = true`.
+//!
+//! Tokens are configured by their SHA-256 (`"sha256:<hex>"`, from
+//! `printf %s "$TOKEN" | sha256sum`), so the config holds no usable secret, and
+//! looked up in constant time ([`llamagate_sdk::keys::KeyTable`]). Plaintext
+//! tokens are still accepted, with a warning at `init`.
 //!
 //! Model names are compared as Ollama compares them (`llama3.2` =
 //! `llama3.2:latest`). Aliases are resolved by the default policy before this
 //! plugin runs: allow the models they point to.
 //!
 //! Config:
-//! - `tokens = { "sk-..." = "team-a" }`: token → team;
+//! - `tokens = { "sha256:<hex>" = "team-a" }`: SHA-256 of a token → team;
 //! - `teams = { "team-a" = ["llama3.2"], "admins" = ["*"] }`: team → models;
 //! - `forward_token = false`: pass `authorization` on to the backends.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use llamagate_sdk::{names, Backend, Decision, Edits, Endpoint, ListedModel, Policy, Request};
+use llamagate_sdk::keys::KeyTable;
+use llamagate_sdk::{
+    log, names, Backend, Decision, Edits, Endpoint, Level, ListedModel, Policy, Request,
+};
 use serde::Deserialize;
 
-/// The plugin's configuration.
-#[derive(Debug, Deserialize)]
+/// The config as written, before its tokens are hashed.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawConfig {
+    tokens: BTreeMap<String, String>,
+    teams: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    forward_token: bool,
+}
+
+/// The plugin's configuration.
+#[derive(Debug)]
 pub struct Config {
-    /// Bearer token → team.
-    pub tokens: BTreeMap<String, String>,
+    /// SHA-256 of a bearer token → team.
+    pub tokens: KeyTable<String>,
     /// Team → the models it may use; `"*"` allows every model.
     pub teams: BTreeMap<String, Vec<String>>,
     /// Pass the `authorization` header on to the backends.
-    #[serde(default)]
     pub forward_token: bool,
 }
 
 impl Config {
     /// Parses and checks the JSON config llamagate hands to `init`.
-    /// Messages never quote a token: they are secrets and end up in logs.
+    /// Messages never quote a token or a hash: they end up in logs.
     pub fn parse(json: &str) -> Result<Config, String> {
-        let config: Config = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        if config.tokens.is_empty() {
+        let raw: RawConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        if raw.tokens.is_empty() {
             return Err("`tokens` is empty: no request could get through".into());
         }
-        if let Some((team, _)) = config.teams.iter().find(|(_, models)| models.is_empty()) {
+        if let Some((team, _)) = raw.teams.iter().find(|(_, models)| models.is_empty()) {
             return Err(format!(
                 "teams.{team:?} is empty: list its models, or \"*\" for all"
             ));
         }
-        if let Some(team) = config
-            .tokens
-            .values()
-            .find(|t| !config.teams.contains_key(*t))
-        {
-            return Err(format!(
-                "a token belongs to team {team:?}, which `teams` does not define"
-            ));
+        let mut tokens = KeyTable::new();
+        for (key, team) in raw.tokens {
+            if !raw.teams.contains_key(&team) {
+                return Err(format!(
+                    "a token belongs to team {team:?}, which `teams` does not define"
+                ));
+            }
+            let place = format!("`tokens` entry for team {team:?}");
+            tokens
+                .insert(&key, team)
+                .map_err(|e| format!("{place}: {e}"))?;
         }
-        Ok(config)
+        Ok(Config {
+            tokens,
+            teams: raw.teams,
+            forward_token: raw.forward_token,
+        })
     }
 
     /// The team of the request's bearer token, if the token is known.
     pub fn team(&self, req: &Request) -> Option<&str> {
-        self.tokens.get(req.bearer_token()?).map(String::as_str)
+        self.tokens.lookup(req.bearer_token()?).map(String::as_str)
     }
 
     /// Whether `team` may use `model`.
@@ -79,11 +103,18 @@ impl Config {
     }
 }
 
-/// Whether the endpoint changes the models a backend holds.
+/// Whether the endpoint changes a server for everyone: its models, its blobs,
+/// or — for endpoints llamagate does not know — anything.
 fn manages_models(endpoint: Endpoint) -> bool {
     matches!(
         endpoint,
-        Endpoint::Pull | Endpoint::Push | Endpoint::Create | Endpoint::Copy | Endpoint::Delete
+        Endpoint::Pull
+            | Endpoint::Push
+            | Endpoint::Create
+            | Endpoint::Copy
+            | Endpoint::Delete
+            | Endpoint::Blobs
+            | Endpoint::Other
     )
 }
 
@@ -96,10 +127,13 @@ pub fn decide(config: &Config, req: &Request) -> Decision {
         };
         return Decision::reject_with_headers(401, message, &[("www-authenticate", "Bearer")]);
     };
+    if manages_models(req.endpoint) && !config.allows_all(team) {
+        return Decision::reject(
+            403,
+            format!("team {team:?} may not manage models or call {}", req.path),
+        );
+    }
     if let Some(model) = req.model.as_deref() {
-        if manages_models(req.endpoint) && !config.allows_all(team) {
-            return Decision::reject(403, format!("team {team:?} may not manage models"));
-        }
         if !config.allows(team, model) {
             return Decision::reject(403, format!("team {team:?} may not use model {model:?}"));
         }
@@ -129,7 +163,19 @@ struct TeamAccess;
 
 impl Policy for TeamAccess {
     fn init(config: String) -> Result<(), String> {
-        let _ = CONFIG.set(Config::parse(&config)?);
+        let config = Config::parse(&config)?;
+        if config.tokens.plaintext() > 0 {
+            log(
+                Level::Warn,
+                &format!(
+                    "{} of {} tokens are written in plain text: write \"sha256:<hex>\" \
+                     (printf %s \"$TOKEN\" | sha256sum) so the config holds no usable secret",
+                    config.tokens.plaintext(),
+                    config.tokens.len()
+                ),
+            );
+        }
+        let _ = CONFIG.set(config);
         Ok(())
     }
 
@@ -151,13 +197,16 @@ llamagate_sdk::export!(TeamAccess);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use llamagate_sdk::keys::sha256_hex;
     use llamagate_sdk::testing::request;
 
     fn config(forward_token: bool) -> Config {
         Config::parse(&format!(
-            r#"{{"tokens":{{"sk-a":"team-a","sk-root":"admins"}},
+            r#"{{"tokens":{{"sha256:{}":"team-a","sha256:{}":"admins"}},
                 "teams":{{"team-a":["llama3.2","qwen2.5:14b"],"admins":["*"]}},
-                "forward_token":{forward_token}}}"#
+                "forward_token":{forward_token}}}"#,
+            sha256_hex("sk-a"),
+            sha256_hex("sk-root").to_uppercase(),
         ))
         .unwrap()
     }
@@ -179,6 +228,21 @@ mod tests {
         assert_eq!(reply.headers[0].name, "www-authenticate");
         assert_eq!(reply.headers[0].value, "Bearer");
         assert_eq!(status(&decide(&c, &chat("llama3.2", "sk-nope"))), Some(401));
+        // One character off, a prefix, or the configured hash itself: no way in.
+        for wrong in ["sk-b", "sk-", "sk-aa", "Sk-a", &sha256_hex("sk-a")] {
+            let reply = decide(&c, &chat("llama3.2", wrong));
+            assert_eq!(
+                reply,
+                Decision::reject_with_headers(
+                    401,
+                    "invalid bearer token",
+                    &[("www-authenticate", "Bearer")]
+                ),
+                "{wrong}"
+            );
+        }
+        assert_eq!(status(&decide(&c, &chat("llama3.2", "sk-a"))), None);
+        assert_eq!(status(&decide(&c, &chat("llama3.2", "sk-root"))), None);
         let basic = request(Endpoint::Tags, "").with_header("authorization", "Basic c2stYQ==");
         assert_eq!(status(&decide(&c, &basic)), Some(401));
     }
@@ -199,13 +263,19 @@ mod tests {
     #[test]
     fn endpoints_without_a_model_need_only_a_token() {
         let c = config(false);
-        for endpoint in [
-            Endpoint::Tags,
-            Endpoint::Ps,
-            Endpoint::Version,
-            Endpoint::Blobs,
-        ] {
+        for endpoint in [Endpoint::Tags, Endpoint::Ps, Endpoint::Version] {
             let req = request(endpoint, "").with_header("authorization", "Bearer sk-a");
+            assert_eq!(status(&decide(&c, &req)), None, "{endpoint:?}");
+        }
+    }
+
+    #[test]
+    fn blobs_and_unknown_endpoints_are_management() {
+        let c = config(false);
+        for endpoint in [Endpoint::Blobs, Endpoint::Other] {
+            let req = request(endpoint, "").with_header("authorization", "Bearer sk-a");
+            assert_eq!(status(&decide(&c, &req)), Some(403), "{endpoint:?}");
+            let req = request(endpoint, "").with_header("authorization", "Bearer sk-root");
             assert_eq!(status(&decide(&c, &req)), None, "{endpoint:?}");
         }
     }
@@ -256,10 +326,47 @@ mod tests {
     }
 
     #[test]
+    fn plaintext_tokens_still_work() {
+        let c = Config::parse(&format!(
+            r#"{{"tokens":{{"sk-plain":"a","sha256:{}":"a"}},"teams":{{"a":["*"]}}}}"#,
+            sha256_hex("sk-hashed")
+        ))
+        .unwrap();
+        assert_eq!((c.tokens.len(), c.tokens.plaintext()), (2, 1));
+        assert_eq!(status(&decide(&c, &chat("llama3.2", "sk-plain"))), None);
+        assert_eq!(status(&decide(&c, &chat("llama3.2", "sk-hashed"))), None);
+        assert_eq!(
+            status(&decide(&c, &chat("llama3.2", "sk-plaim"))),
+            Some(401)
+        );
+    }
+
+    #[test]
     fn config_is_checked_without_quoting_tokens() {
         let err = |json: &str| Config::parse(json).unwrap_err();
         let e = err(r#"{"tokens":{"sk-secret":"team-x"},"teams":{"team-a":["*"]}}"#);
         assert!(e.contains("\"team-x\"") && !e.contains("sk-secret"), "{e}");
+        let hash = sha256_hex("sk-secret");
+        for key in [
+            format!("sha256:{}", &hash[..63]),
+            format!("sha256:{}z", &hash[..63]),
+            "sha256:sk-secret".to_string(),
+        ] {
+            let e = err(&format!(
+                r#"{{"tokens":{{"{key}":"team-a"}},"teams":{{"team-a":["*"]}}}}"#
+            ));
+            assert!(
+                e.starts_with("`tokens` entry for team \"team-a\": a `sha256:` key"),
+                "{e}"
+            );
+            assert!(!e.contains(&hash[..16]) && !e.contains("sk-secret"), "{e}");
+        }
+        let e = err(&format!(
+            r#"{{"tokens":{{"sk-secret":"team-a","sha256:{hash}":"team-b"}},
+                "teams":{{"team-a":["*"],"team-b":["*"]}}}}"#
+        ));
+        assert!(e.contains("same token as another entry"), "{e}");
+        assert!(!e.contains(&hash[..16]) && !e.contains("sk-secret"), "{e}");
         assert!(err(r#"{"tokens":{},"teams":{}}"#).contains("`tokens` is empty"));
         assert!(err(r#"{"tokens":{"t":"a"},"teams":{"a":[]}}"#).contains("teams.\"a\" is empty"));
         assert!(

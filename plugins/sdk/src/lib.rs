@@ -1,6 +1,8 @@
 //! The llamagate plugin SDK.
 //!
 //! - [`names`]: Ollama's model-name rules (always available; the host uses them too).
+//! - [`keys`] (the `keys` feature, on by default): a table of bearer tokens kept as
+//!   SHA-256 digests (`"sha256:<hex>"` in the config) and looked up in constant time.
 //! - With the `guest` feature (on by default): the types of the `llamagate:policy`
 //!   WIT world with helpers, the [`Policy`] trait a plugin implements, and the
 //!   [`export!`] macro it calls once. See `wit/policy.wit` for each item's meaning.
@@ -29,6 +31,9 @@
 #![warn(missing_docs)]
 
 pub mod names;
+
+#[cfg(feature = "keys")]
+pub mod keys;
 
 #[cfg(feature = "guest")]
 #[allow(missing_docs, unsafe_code, clippy::all)]
