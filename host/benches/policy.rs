@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use llamagate::body;
+use llamagate::endpoint::Row;
 use llamagate::plugin::{Backend, Endpoint, Header, Limits, LoadedModel, Plugin, Request, Runtime};
 use llamagate::policy::{Chain, Outcome};
 
@@ -30,7 +31,7 @@ fn body() -> Bytes {
 }
 
 fn request(body: &Bytes) -> (Request, BTreeMap<String, String>) {
-    let peeked = body::peek(body, &["model", "name"]).unwrap();
+    let peeked = body::peek(body, Row::of(Endpoint::Chat), 256).unwrap();
     let header = |name: &str, value: &str| Header {
         name: name.into(),
         value: value.into(),
@@ -111,21 +112,21 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("chat request");
     group.bench_function("peek body fields", |b| {
-        b.iter(|| body::peek(&body, &["model", "name"]).unwrap())
+        b.iter(|| body::peek(&body, Row::of(Endpoint::Chat), 256).unwrap())
     });
     for n in [1, 3] {
         let chain = load(&runtime, n);
         group.bench_function(format!("decide, chain of {n}"), |b| {
             b.iter(|| {
                 chain
-                    .decide(request.clone(), raw.clone(), &backends, &body, false)
+                    .decide_blocking(request.clone(), raw.clone(), &backends, &body, false)
                     .unwrap()
             })
         });
     }
     let chain = load(&runtime, 1);
     let Outcome::Forward(plan) = chain
-        .decide(request.clone(), raw.clone(), &backends, &body, false)
+        .decide_blocking(request.clone(), raw.clone(), &backends, &body, false)
         .unwrap()
     else {
         panic!("the default policy forwards");

@@ -1,17 +1,17 @@
 //! Request bodies: read the few fields a policy needs, and write back only the
 //! fields a policy changed.
 //!
-//! Bodies are never re-serialised through a schema. [`peek`] scans the first JSON
-//! value (as Ollama does, trailing bytes are ignored) borrowing every field as raw
-//! text; [`splice`] replaces or inserts top-level fields in place, so every other
+//! Bodies are never re-serialised through a schema. [`peek`] reads the fields
+//! of the first JSON value as Go's `encoding/json` assigns them to Ollama's
+//! structs ([`crate::api::json`]; trailing bytes are ignored), borrowing each as
+//! raw text; [`splice`] replaces or inserts top-level fields in place, so every other
 //! byte (images, tools, `format` schemas, fields newer than llamagate) reaches the
 //! backend unchanged.
 
-use std::collections::BTreeMap;
-
 use serde_json::value::RawValue;
 
-use crate::endpoint::{streams_by_default, Endpoint};
+use crate::api::json::{self, kind, Object, ReadError};
+use crate::endpoint::{Endpoint, ModelAt, Row, Streams};
 use crate::plugin::{JsonValue, OptionEntry};
 
 /// A request body that cannot be used, worded for the client.
@@ -33,6 +33,26 @@ pub enum BodyError {
         /// What it must hold.
         expected: &'static str,
     },
+    /// A field llamagate reads is given more than once, or in a spelling
+    /// Ollama might read as it (see [`crate::api::json`]).
+    #[error("invalid request body: {0}")]
+    Ambiguous(String),
+    /// A compressed body (`Content-Encoding`), which llamagate cannot read as Ollama would.
+    #[error("llamagate does not accept request bodies with a Content-Encoding; send the body uncompressed")]
+    Encoded,
+    /// More `options` keys than `max_options`.
+    #[error("invalid request body: \"options\" has more than {0} keys (llamagate's max_options)")]
+    TooManyOptions(usize),
+}
+
+impl From<ReadError> for BodyError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Malformed(m) => BodyError::Malformed(m),
+            ReadError::TooManyKeys { limit, .. } => BodyError::TooManyOptions(limit),
+            e @ ReadError::Ambiguous { .. } => BodyError::Ambiguous(e.to_string()),
+        }
+    }
 }
 
 /// The fields of a body that policies see.
@@ -51,46 +71,35 @@ pub struct Peeked {
 impl Peeked {
     /// Whether the response will stream, given the endpoint's default.
     pub fn streaming(&self, endpoint: Endpoint) -> bool {
-        match endpoint {
-            Endpoint::OpenaiChat
-            | Endpoint::OpenaiCompletions
-            | Endpoint::OpenaiResponses
-            | Endpoint::OpenaiMessages => self.stream == Some(true),
-            e => self.stream.unwrap_or(streams_by_default(e)),
+        match Row::of(endpoint).streams {
+            Streams::IfTrue => self.stream == Some(true),
+            Streams::UnlessFalse => self.stream.unwrap_or(true),
+            Streams::Never => self.stream.unwrap_or(false),
         }
     }
 }
 
-type Fields<'a> = BTreeMap<std::borrow::Cow<'a, str>, &'a RawValue>;
-
-/// Parses the first JSON value of `body` as an object of raw fields.
-fn fields(body: &[u8]) -> Result<(&RawValue, Fields<'_>), BodyError> {
+/// Parses the first JSON value of `body` as an object, reading `fields`.
+fn scan<'a>(body: &'a [u8], fields: &[&'static str]) -> Result<Object<'a>, BodyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyError::Empty);
     }
-    let mut stream = serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>();
-    let whole = match stream.next() {
-        Some(Ok(v)) => v,
-        Some(Err(e)) => return Err(BodyError::Malformed(e.to_string())),
-        None => return Err(BodyError::Empty),
-    };
-    if !whole.get().starts_with('{') {
-        return Err(BodyError::Malformed(format!(
-            "the body must be a JSON object, not {}",
-            kind(whole)
-        )));
-    }
-    let map: Fields =
-        serde_json::from_str(whole.get()).map_err(|e| BodyError::Malformed(e.to_string()))?;
-    Ok((whole, map))
+    Ok(Object::scan(body, fields)?)
 }
 
-/// Reads the policy-relevant fields. `model_fields` are tried in order.
-pub fn peek(body: &[u8], model_fields: &[&'static str]) -> Result<Peeked, BodyError> {
-    let (_, map) = fields(body)?;
+/// Reads the policy-relevant fields of `row`'s struct, as Ollama would:
+/// the model fields (the first non-empty one wins) and `row.fields`; at most
+/// `max_options` keys in `options`.
+pub fn peek(body: &[u8], row: &Row, max_options: usize) -> Result<Peeked, BodyError> {
+    let model_fields: &[&'static str] = match row.model {
+        ModelAt::Body(fields) => fields,
+        ModelAt::None | ModelAt::Path | ModelAt::Form => &[],
+    };
+    let all: Vec<&'static str> = model_fields.iter().chain(row.fields).copied().collect();
+    let object = scan(body, &all)?;
     let mut peeked = Peeked::default();
     for &field in model_fields {
-        match map.get(field) {
+        match object.get(field) {
             Some(raw) if raw.get() == "null" => {}
             Some(raw) => {
                 let name: String =
@@ -107,14 +116,15 @@ pub fn peek(body: &[u8], model_fields: &[&'static str]) -> Result<Peeked, BodyEr
             None => {}
         }
     }
-    if let Some(raw) = map.get("options").filter(|r| r.get() != "null") {
-        let options: BTreeMap<String, &RawValue> =
-            serde_json::from_str(raw.get()).map_err(|_| BodyError::WrongType {
+    if let Some(raw) = object.get("options").filter(|r| r.get() != "null") {
+        if !raw.get().starts_with('{') {
+            return Err(BodyError::WrongType {
                 field: "options",
                 found: kind(raw),
                 expected: "map[string]interface {}",
-            })?;
-        peeked.options = options
+            });
+        }
+        peeked.options = json::members(raw, "options", max_options)?
             .into_iter()
             .map(|(key, raw)| {
                 let value = to_json_value(raw);
@@ -122,8 +132,11 @@ pub fn peek(body: &[u8], model_fields: &[&'static str]) -> Result<Peeked, BodyEr
             })
             .collect();
     }
-    peeked.keep_alive = map.get("keep_alive").map(|raw| to_json_value(raw));
-    peeked.stream = map.get("stream").and_then(|r| match r.get() {
+    peeked.keep_alive = object
+        .get("keep_alive")
+        .filter(|r| r.get() != "null")
+        .map(to_json_value);
+    peeked.stream = object.get("stream").and_then(|r| match r.get() {
         "true" => Some(true),
         "false" => Some(false),
         _ => None,
@@ -132,16 +145,19 @@ pub fn peek(body: &[u8], model_fields: &[&'static str]) -> Result<Peeked, BodyEr
 }
 
 /// Replaces (or inserts) top-level fields of the body's first JSON value.
-/// `edits` holds `(field, JSON text)` pairs; the rest of the body is kept byte for byte.
-pub fn splice(body: &[u8], edits: &[(&str, String)]) -> Result<Vec<u8>, BodyError> {
-    let (whole, map) = fields(body)?;
+/// `edits` holds `(field, JSON text)` pairs; the rest of the body is kept byte
+/// for byte. A field present in another spelling is refused (see [`peek`]),
+/// so an edit is never shadowed by a key Ollama reads after it.
+pub fn splice(body: &[u8], edits: &[(&'static str, String)]) -> Result<Vec<u8>, BodyError> {
+    let fields: Vec<&'static str> = edits.iter().map(|(f, _)| *f).collect();
+    let object = scan(body, &fields)?;
     let offset = |raw: &RawValue| raw.get().as_ptr() as usize - body.as_ptr() as usize;
-    let start = offset(whole);
+    let start = offset(object.whole);
     // Replacements, sorted by position so they can be applied back to front.
     let mut replace: Vec<(usize, usize, &str)> = Vec::new();
     let mut insert = String::new();
     for (field, text) in edits {
-        match map.get(*field) {
+        match object.get(field) {
             Some(raw) => replace.push((offset(raw), raw.get().len(), text)),
             None => {
                 insert.push_str(&serde_json::to_string(field).expect("string serialises"));
@@ -157,7 +173,7 @@ pub fn splice(body: &[u8], edits: &[(&str, String)]) -> Result<Vec<u8>, BodyErro
         out.splice(at..at + len, text.bytes());
     }
     if !insert.is_empty() {
-        if map.is_empty() {
+        if object.is_empty() {
             insert.pop();
         }
         out.splice(start + 1..start + 1, insert.bytes());
@@ -216,27 +232,18 @@ fn to_json_value(raw: &RawValue) -> JsonValue {
     }
 }
 
-fn kind(raw: &RawValue) -> &'static str {
-    match raw.get().as_bytes().first() {
-        Some(b'{') => "object",
-        Some(b'[') => "array",
-        Some(b'"') => "string",
-        Some(b't' | b'f') => "bool",
-        Some(b'n') => "null",
-        _ => "number",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MODEL: &[&str] = &["model", "name"];
+    fn chat(body: &[u8]) -> Result<Peeked, BodyError> {
+        peek(body, Row::of(Endpoint::Chat), 64)
+    }
 
     #[test]
     fn peeks_fields_and_ignores_trailing_bytes() {
         let body = br#"{"model":"llama3.2","options":{"num_ctx":4096,"stop":["a"]},"keep_alive":"5m","stream":false} trailing"#;
-        let p = peek(body, MODEL).unwrap();
+        let p = chat(body).unwrap();
         assert_eq!(p.model, Some(("model", "llama3.2".into())));
         assert_eq!(p.options[0].0.value, JsonValue::Integer(4096));
         assert_eq!(p.options[1].0.value, JsonValue::Raw(r#"["a"]"#.into()));
@@ -246,27 +253,85 @@ mod tests {
 
     #[test]
     fn legacy_name_field() {
-        let p = peek(br#"{"name":"m"}"#, MODEL).unwrap();
+        let pull = Row::of(Endpoint::Pull);
+        let p = peek(br#"{"name":"m"}"#, pull, 64).unwrap();
         assert_eq!(p.model, Some(("name", "m".into())));
         assert!(p.streaming(Endpoint::Pull), "pull streams by default");
+        // `model` wins over `name` when both are non-empty, as `cmp.Or`.
+        let p = peek(br#"{"name":"a","model":"b"}"#, pull, 64).unwrap();
+        assert_eq!(p.model, Some(("model", "b".into())));
+        let p = peek(br#"{"model":"","name":"a"}"#, pull, 64).unwrap();
+        assert_eq!(p.model, Some(("name", "a".into())));
+        // Chat's struct has no `name`: Ollama ignores it, and so does llamagate.
+        assert_eq!(chat(br#"{"name":"m"}"#).unwrap().model, None);
+    }
+
+    #[test]
+    fn null_means_absent() {
+        let p = chat(br#"{"model":null,"options":null,"keep_alive":null,"stream":null}"#).unwrap();
+        assert_eq!(p, Peeked::default());
+        assert!(p.streaming(Endpoint::Chat));
+        assert!(!p.streaming(Endpoint::OpenaiChat));
+    }
+
+    #[test]
+    fn options_last_duplicate_wins() {
+        let p = chat(br#"{"model":"m","options":{"num_ctx":1,"num_ctx":99999}}"#).unwrap();
+        assert_eq!(p.options.len(), 1);
+        assert_eq!(p.options[0].0.value, JsonValue::Integer(99999));
+        assert_eq!(
+            peek(
+                br#"{"options":{"a":1,"b":2,"c":3}}"#,
+                Row::of(Endpoint::Chat),
+                2
+            ),
+            Err(BodyError::TooManyOptions(2))
+        );
+    }
+
+    #[test]
+    fn ambiguous_fields_are_refused() {
+        for body in [
+            &br#"{"model":"llama3.2","Model":"llama3.3:70b"}"#[..],
+            br#"{"model":"a","options":{},"OPTIONS":{"num_ctx":1}}"#,
+            br#"{"model":"a","keep_alive":0,"\u212aeep_alive":-1}"#,
+            br#"{"model":"a","stream":false,"stream":true}"#,
+        ] {
+            assert!(
+                matches!(chat(body), Err(BodyError::Ambiguous(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Fields the endpoint's struct lacks are not read, so not ambiguous.
+        assert!(peek(
+            br#"{"model":"a","Stream":1,"stream":2}"#,
+            Row::of(Endpoint::Embed),
+            8
+        )
+        .is_ok());
     }
 
     #[test]
     fn errors() {
-        assert_eq!(peek(b"  \n", MODEL), Err(BodyError::Empty));
-        assert!(matches!(
-            peek(b"{\"model\":", MODEL),
-            Err(BodyError::Malformed(_))
-        ));
-        assert!(matches!(peek(b"[1]", MODEL), Err(BodyError::Malformed(_))));
+        assert_eq!(chat(b"  \n"), Err(BodyError::Empty));
+        assert!(matches!(chat(b"{\"model\":"), Err(BodyError::Malformed(_))));
+        assert!(matches!(chat(b"[1]"), Err(BodyError::Malformed(_))));
         assert_eq!(
-            peek(br#"{"model":7}"#, MODEL),
+            chat(br#"{"model":7}"#),
             Err(BodyError::WrongType {
                 field: "model",
                 found: "number",
                 expected: "string"
             })
         );
+        assert!(matches!(
+            chat(br#"{"model":"m","options":[1]}"#),
+            Err(BodyError::WrongType {
+                field: "options",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -290,17 +355,19 @@ mod tests {
     fn splice_into_empty_object() {
         let out = splice(b"{}", &[("a", "1".into())]).unwrap();
         assert_eq!(out, b"{\"a\":1}");
+        let out = splice(b"{ }", &[("a", "1".into())]).unwrap();
+        assert_eq!(out, b"{\"a\":1 }");
     }
 
     #[test]
     fn options_render_keeps_raw_text() {
-        let p = peek(br#"{"options":{"temperature":0.70,"num_ctx":1}}"#, MODEL).unwrap();
+        let p = chat(br#"{"options":{"temperature":0.70,"num_ctx":1}}"#).unwrap();
         let mut entries = p.options;
-        entries[0].0.value = JsonValue::Integer(8192);
-        entries[0].1 = None;
+        entries[1].0.value = JsonValue::Integer(8192);
+        entries[1].1 = None;
         assert_eq!(
             render_options(&entries),
-            r#"{"num_ctx":8192,"temperature":0.70}"#
+            r#"{"temperature":0.70,"num_ctx":8192}"#
         );
     }
 }

@@ -11,7 +11,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::client_limits::{BodyPace, ClientLimits};
 use crate::plugin::Limits;
+use crate::status::AdminKey;
+
+/// The environment variable that sets the admin key (it wins over the file).
+pub const ADMIN_KEY_ENV: &str = "LLAMAGATE_ADMIN_KEY";
 
 /// The name under which the embedded default policy is referred to.
 pub const BUILTIN_DEFAULT_POLICY: &str = "builtin:default-policy";
@@ -23,6 +28,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Largest request body read into memory, in bytes.
     pub max_body_size: usize,
+    /// Limits on the policy view: keys in `options`, bytes in all.
+    pub view_limits: crate::intake::ViewLimits,
     /// Time to connect to a backend before trying the next.
     pub connect_timeout: Duration,
     /// Time a list endpoint waits for each backend.
@@ -44,8 +51,14 @@ pub struct Config {
     pub watched_files: Vec<PathBuf>,
     /// Serve `GET /llamagate/status`.
     pub status: bool,
+    /// The key `/llamagate/status` callers must present (`admin_key`,
+    /// `admin_key_file`, `LLAMAGATE_ADMIN_KEY`); `None`: loopback callers only.
+    pub admin_key: Option<AdminKey>,
     /// On SIGTERM, how long requests in flight (streams) may take to finish.
     pub shutdown_grace: Duration,
+    /// Client connection timeouts and the connection cap (`header_timeout`,
+    /// `idle_timeout`, `body_timeout`, `body_min_rate`, `max_connections`).
+    pub client_limits: ClientLimits,
 }
 
 /// One plugin of the chain.
@@ -103,6 +116,10 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// `max_body_size`
     pub max_body_size: Option<Size>,
+    /// `max_options`: most keys a body's `options` may have.
+    pub max_options: Option<usize>,
+    /// `max_view_size`: most bytes of path, headers and options handed to plugins.
+    pub max_view_size: Option<Size>,
     /// `connect_timeout`
     pub connect_timeout: Option<Text>,
     /// `fanout_timeout`
@@ -117,8 +134,22 @@ pub struct FileConfig {
     pub watch: Option<bool>,
     /// `status`: serve `/llamagate/status` (default true).
     pub status: Option<bool>,
+    /// `admin_key`: the bearer key the status endpoint asks for.
+    pub admin_key: Option<String>,
+    /// `admin_key_file`: a file holding the admin key (relative to the config file).
+    pub admin_key_file: Option<String>,
     /// `shutdown_grace`: time in-flight requests get on shutdown.
     pub shutdown_grace: Option<Text>,
+    /// `header_timeout`: time a client has to send a request's headers.
+    pub header_timeout: Option<Text>,
+    /// `idle_timeout`: time a keep-alive connection with no request stays open.
+    pub idle_timeout: Option<Text>,
+    /// `body_timeout`: base time allowed for a request body.
+    pub body_timeout: Option<Text>,
+    /// `body_min_rate`: bytes per second that extend `body_timeout`.
+    pub body_min_rate: Option<Size>,
+    /// `max_connections`: client connections open at once.
+    pub max_connections: Option<usize>,
     /// `[connections]`: id → URL, in file order.
     #[serde(default)]
     pub connections: toml::Table,
@@ -146,6 +177,10 @@ pub struct FilePlugin {
     pub time_limit: Option<Text>,
     /// Memory one instance may use (`"64MiB"`).
     pub memory_limit: Option<Size>,
+    /// Calls of this plugin at once (default: the number of CPUs, at least 2).
+    pub concurrency: Option<usize>,
+    /// How long a request may wait for a free call slot (`"10s"`).
+    pub max_wait: Option<Text>,
     /// `"closed"` (default) or `"open"`.
     pub on_failure: Option<OnFailure>,
     /// The plugin's own config, passed to its `init`.
@@ -205,8 +240,10 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                let file: FileConfig =
-                    toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+                // Not `with_context`: the toml error quotes the offending line,
+                // which may hold a token or a password.
+                let file: FileConfig = toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!(toml_error(path, &text, &e)))?;
                 (
                     file,
                     path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -214,7 +251,14 @@ impl Config {
             }
             None => (FileConfig::default(), PathBuf::new()),
         };
-        Config::build(file, &base, overrides)
+        let mut config = Config::build(file, &base, overrides)?;
+        if let Some(key) = std::env::var_os(ADMIN_KEY_ENV) {
+            let key = key
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("{ADMIN_KEY_ENV}: not UTF-8"))?;
+            config.admin_key = Some(AdminKey::new(&key).context(ADMIN_KEY_ENV)?);
+        }
+        Ok(config)
     }
 
     /// Builds the config from a parsed file; relative plugin paths are taken from `base`.
@@ -291,6 +335,20 @@ impl Config {
             bail!("no policy plugins: the default policy is off and no [[plugins]] are given");
         }
 
+        let (admin_key, admin_key_file) = match (file.admin_key, file.admin_key_file) {
+            (Some(_), Some(_)) => bail!("admin_key, admin_key_file: give one of them, not both"),
+            (Some(key), None) => (Some(AdminKey::new(&key).context("admin_key")?), None),
+            (None, Some(path)) => {
+                let path = base.join(path);
+                let key = std::fs::read_to_string(&path)
+                    .with_context(|| format!("admin_key_file: reading {}", path.display()))?;
+                let key = AdminKey::new(key.trim_end_matches(['\n', '\r']))
+                    .with_context(|| format!("admin_key_file {}", path.display()))?;
+                (Some(key), Some(path))
+            }
+            (None, None) => (None, None),
+        };
+
         let duration = |value: Option<String>, key: &str, default: Duration| match value {
             Some(t) => parse_duration(&t).with_context(|| key.to_string()),
             None => Ok(default),
@@ -300,6 +358,16 @@ impl Config {
             max_body_size: match file.max_body_size {
                 Some(s) => s.bytes("max_body_size")?,
                 None => 256 << 20,
+            },
+            view_limits: {
+                let default = crate::intake::ViewLimits::default();
+                crate::intake::ViewLimits {
+                    max_options: file.max_options.unwrap_or(default.max_options),
+                    max_view_size: match &file.max_view_size {
+                        Some(s) => s.bytes("max_view_size")?,
+                        None => default.max_view_size,
+                    },
+                }
             },
             connect_timeout: duration(
                 file.connect_timeout,
@@ -325,19 +393,66 @@ impl Config {
                     PluginSource::Builtin => None,
                 })
                 .chain(overrides.config.clone())
+                .chain(admin_key_file)
                 .collect(),
             plugins,
             shadow,
             explain: file.explain.unwrap_or(false) || overrides.explain,
             watch: file.watch.unwrap_or(true),
             status: file.status.unwrap_or(true),
+            admin_key,
             shutdown_grace: duration(
                 file.shutdown_grace,
                 "shutdown_grace",
                 Duration::from_secs(30),
             )?,
+            client_limits: client_limits(
+                file.header_timeout,
+                file.idle_timeout,
+                file.body_timeout,
+                file.body_min_rate,
+                file.max_connections,
+            )?,
         })
     }
+}
+
+/// The client-side limits from their keys; defaults for those not given.
+fn client_limits(
+    header: Option<Text>,
+    idle: Option<Text>,
+    body: Option<Text>,
+    min_rate: Option<Size>,
+    max_connections: Option<usize>,
+) -> anyhow::Result<ClientLimits> {
+    let defaults = ClientLimits::default();
+    let positive = |value: Option<Text>, key: &str, default: Duration| match value {
+        None => Ok(default),
+        Some(t) => {
+            let d = parse_duration(&t).with_context(|| key.to_string())?;
+            anyhow::ensure!(!d.is_zero(), "{key}: must be more than 0");
+            Ok(d)
+        }
+    };
+    let min_rate = match min_rate {
+        None => defaults.body.min_rate,
+        Some(s) => s.bytes("body_min_rate")? as u64,
+    };
+    anyhow::ensure!(
+        min_rate > 0,
+        "body_min_rate: must be at least 1 byte per second"
+    );
+    let max_connections = max_connections.unwrap_or(defaults.max_connections);
+    anyhow::ensure!(max_connections > 0, "max_connections: must be at least 1");
+    Ok(ClientLimits {
+        header_timeout: positive(header, "header_timeout", defaults.header_timeout)?,
+        idle_timeout: positive(idle, "idle_timeout", defaults.idle_timeout)?,
+        body: BodyPace {
+            timeout: positive(body, "body_timeout", defaults.body.timeout)?,
+            min_rate,
+        },
+        max_connections,
+    })
 }
 
 /// Turns `[[plugins]]` (or `[[shadow]]`) entries into specs; also says whether
@@ -373,6 +488,18 @@ fn plugin_specs(
             if limits.memory > 1 << 30 {
                 bail!("{key}.memory_limit: at most 1GiB");
             }
+        }
+        if let Some(n) = p.concurrency {
+            if !(1..=crate::plugin::MAX_CONCURRENCY).contains(&n) {
+                bail!(
+                    "{key}.concurrency: between 1 and {}",
+                    crate::plugin::MAX_CONCURRENCY
+                );
+            }
+            limits.concurrency = n;
+        }
+        if let Some(t) = &p.max_wait {
+            limits.max_wait = parse_duration(t).with_context(|| format!("{key}.max_wait"))?;
         }
         specs.push(PluginSpec {
             name,
@@ -433,6 +560,7 @@ fn resolve_policy_models(
             } else if connections.iter().any(|(id, _)| *id == dest) {
                 dest
             } else {
+                let dest = redact_url(&dest);
                 bail!("{key}: unknown connection {dest:?} (define it with --connection {dest}=URL or in [connections])");
             };
             ids.push(toml::Value::String(id));
@@ -444,9 +572,10 @@ fn resolve_policy_models(
 
 /// An id for a URL-only backend: its `host:port`, made unique.
 fn url_id(url: &str, taken: &[(String, String)]) -> String {
-    let base = url
+    let bare = redact_url(url);
+    let base = bare
         .split_once("://")
-        .map_or(url, |(_, rest)| rest)
+        .map_or(bare.as_str(), |(_, rest)| rest)
         .trim_end_matches('/')
         .to_string();
     let mut id = base.clone();
@@ -466,18 +595,104 @@ fn table_entry<'a>(table: &'a mut toml::Table, key: &str) -> anyhow::Result<&'a 
         .with_context(|| format!("policy.{key}: expected a table"))
 }
 
+/// Checks a backend URL and returns it trimmed, credentials kept. Errors show
+/// it without its userinfo.
 fn check_url(url: &str) -> anyhow::Result<String> {
     let url = url.trim().trim_end_matches('/').to_string();
-    let uri: http::Uri = url
+    let (bare, _) = split_userinfo(&url);
+    let shown = &bare;
+    let uri: http::Uri = bare
         .parse()
-        .with_context(|| format!("{url:?} is not a URL"))?;
+        .with_context(|| format!("{shown:?} is not a URL"))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => bail!("{url:?}: https backends are not supported yet; use http"),
-        _ => bail!("{url:?}: expected http://host:port"),
+        Some("https") => bail!("{shown:?}: https backends are not supported yet; use http"),
+        _ => bail!("{shown:?}: expected http://host:port"),
     }
-    anyhow::ensure!(uri.host().is_some(), "{url:?}: no host");
+    anyhow::ensure!(uri.host().is_some(), "{shown:?}: no host");
     Ok(url)
+}
+
+/// `url` without its userinfo (`http://admin:pw@gpu-01:11434` →
+/// `http://gpu-01:11434`): the form logs, status, errors and plugins see.
+/// Works on text that is no valid URL too, so no error echoes a password.
+pub fn redact_url(url: &str) -> String {
+    split_userinfo(url).0
+}
+
+/// Splits `url` into the URL without userinfo and the userinfo itself
+/// (`user:password`, still percent-encoded). The userinfo ends at the last `@`
+/// after the scheme, so an unencoded `/` or `@` in a password is still found.
+pub fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    match url[start..].rfind('@') {
+        Some(at) => (
+            format!("{}{}", &url[..start], &url[start + at + 1..]),
+            Some(url[start..start + at].to_string()),
+        ),
+        None => (url.to_string(), None),
+    }
+}
+
+/// A TOML error as `FILE: line L, column C: MESSAGE`, without the `toml`
+/// crate's snippet of the line (which may hold a token) and without the values
+/// the message quotes.
+fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> String {
+    let message = scrub_values(err.message())
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match err.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let line_start = before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&before[line_start..])
+                .chars()
+                .count()
+                + 1;
+            let file = path.display();
+            format!("{file}: line {line}, column {column}: {message}")
+        }
+        None => format!("{}: {message}", path.display()),
+    }
+}
+
+/// Replaces the values a serde or TOML message quotes with `…`: every
+/// `"string"`, and every `` `span` `` except config key names (lowercase
+/// letters and `_`, so `unknown field `lisen`` still names the key) and
+/// short punctuation (`` expected `}` ``). A duplicate key may be a token: scrubbed.
+fn scrub_values(message: &str) -> String {
+    let keep_names = !message.contains("duplicate key");
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['"', '`']) {
+        let quote = rest[open..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(quote) else {
+            out.push('…');
+            return out;
+        };
+        let inner = &after[..close];
+        let name = keep_names
+            && quote == '`'
+            && (1..=32).contains(&inner.len())
+            && inner.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        let punctuation = quote == '`'
+            && (1..=3).contains(&inner.len())
+            && inner.bytes().all(|b| b.is_ascii_punctuation());
+        out.push_str(if name || punctuation { inner } else { "…" });
+        out.push(quote);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Accepts `host:port`, `:port` and gollamas' `localhost:11434`.
@@ -537,7 +752,10 @@ pub fn parse_pair(pair: &str, what: &str) -> anyhow::Result<(String, String)> {
         Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
             Ok((k.trim().to_string(), v.trim().to_string()))
         }
-        _ => bail!("{what}: {pair:?} is not of the form NAME=VALUE"),
+        _ => bail!(
+            "{what}: {:?} is not of the form NAME=VALUE",
+            redact_url(pair)
+        ),
     }
 }
 
@@ -604,6 +822,8 @@ mod tests {
             path = "teams.wasm"
             time_limit = "20ms"
             memory_limit = "16MiB"
+            concurrency = 3
+            max_wait = "250ms"
             config = { teams = 1 }
             "#,
             Overrides::default(),
@@ -618,6 +838,13 @@ mod tests {
         );
         assert_eq!(c.plugins[1].limits.time, Duration::from_millis(20));
         assert_eq!(c.plugins[1].limits.memory, 16 << 20);
+        assert_eq!(c.plugins[1].limits.concurrency, 3);
+        assert_eq!(c.plugins[1].limits.max_wait, Duration::from_millis(250));
+        assert!(
+            c.plugins[0].limits.concurrency >= 2,
+            "default: CPUs, at least 2"
+        );
+        assert_eq!(c.plugins[0].limits.max_wait, Duration::from_secs(10));
         assert_eq!(c.plugins[1].config_json, r#"{"teams":1}"#);
     }
 
@@ -634,5 +861,115 @@ mod tests {
         assert_eq!(parse_listen(":8080").unwrap().port(), 8080);
         assert!(parse_listen("localhost:11434").is_ok());
         assert!(parse_listen("nonsense").is_err());
+    }
+
+    #[test]
+    fn client_limits_keys() {
+        let base = "[connections]\na = \"http://127.0.0.1:1\"\n";
+        let c = build(base, Overrides::default()).unwrap();
+        assert_eq!(c.client_limits, ClientLimits::default());
+        let c = build(
+            &format!(
+                "header_timeout = \"2s\"\nidle_timeout = \"1m\"\nbody_timeout = \"5s\"\n\
+                 body_min_rate = \"1KiB\"\nmax_connections = 7\n{base}"
+            ),
+            Overrides::default(),
+        )
+        .unwrap();
+        let limits = c.client_limits;
+        assert_eq!(limits.header_timeout, Duration::from_secs(2));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.body.timeout, Duration::from_secs(5));
+        assert_eq!((limits.body.min_rate, limits.max_connections), (1024, 7));
+        for bad in [
+            "header_timeout = \"0s\"",
+            "body_min_rate = 0",
+            "max_connections = 0",
+        ] {
+            let err = build(&format!("{bad}\n{base}"), Overrides::default()).unwrap_err();
+            let key = bad.split(' ').next().unwrap();
+            assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_userinfo_wherever_shown() {
+        for (url, shown) in [
+            ("http://admin:pw@gpu-01:11434", "http://gpu-01:11434"),
+            ("http://admin@gpu-01:11434/x", "http://gpu-01:11434/x"),
+            ("http://a:p/w@x@gpu-01:11434", "http://gpu-01:11434"),
+            ("admin:pw@gpu-01:11434", "gpu-01:11434"),
+            ("http://gpu-01:11434", "http://gpu-01:11434"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let err = check_url("ftp://admin:pw@gpu-01").unwrap_err();
+        assert!(!format!("{err:#}").contains("pw"), "{err:#}");
+        // The id of a URL-only backend is no place for a password either.
+        let o = Overrides {
+            proxies: vec![("m".into(), "http://admin:pw@gpu-01:11434".into())],
+            ..Default::default()
+        };
+        let c = build("", o).unwrap();
+        assert_eq!(c.connections[0].0, "gpu-01:11434");
+        assert_eq!(c.connections[0].1, "http://admin:pw@gpu-01:11434");
+    }
+
+    #[test]
+    fn toml_errors_give_line_and_column_without_values() {
+        let text = "listen = \"x\"\n[connections]\na = { \"sk-1\" = 1 x }\n";
+        let err = toml::from_str::<FileConfig>(text).unwrap_err();
+        let shown = toml_error(Path::new("/etc/l.toml"), text, &err);
+        assert!(shown.starts_with("/etc/l.toml: line 3, column "), "{shown}");
+        assert!(!shown.contains("sk-1"), "{shown}");
+        assert_eq!(
+            scrub_values("invalid type: string \"sk-x\", expected a boolean"),
+            "invalid type: string \"…\", expected a boolean"
+        );
+        assert_eq!(
+            scrub_values("unknown field `lisen`, expected `listen` or `explain`"),
+            "unknown field `lisen`, expected `listen` or `explain`"
+        );
+        assert_eq!(scrub_values("unknown field `sk-a1`"), "unknown field `…`");
+        assert_eq!(scrub_values("duplicate key `team`"), "duplicate key `…`");
+        assert_eq!(
+            scrub_values("integer `1234`, expected `}`"),
+            "integer `…`, expected `}`"
+        );
+        assert_eq!(scrub_values("unclosed \"secret"), "unclosed \"…");
+    }
+
+    #[test]
+    fn admin_key_from_the_file_or_a_key_file() {
+        let dir = std::env::temp_dir().join(format!("llamagate-admin-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key"), "k-123\n").unwrap();
+        let conn = "[connections]\na = \"http://127.0.0.1:1\"\n";
+        let from_file = Config::build(
+            toml::from_str(&format!("admin_key_file = \"key\"\n{conn}")).unwrap(),
+            &dir,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(from_file.admin_key, Some(AdminKey::new("k-123").unwrap()));
+        assert!(from_file.watched_files.contains(&dir.join("key")));
+        let inline = build(
+            &format!("admin_key = \"k-123\"\n{conn}"),
+            Overrides::default(),
+        );
+        assert_eq!(inline.unwrap().admin_key, from_file.admin_key);
+        let both = build(
+            &format!("admin_key = \"k\"\nadmin_key_file = \"key\"\n{conn}"),
+            Overrides::default(),
+        );
+        assert!(format!("{:#}", both.unwrap_err()).contains("not both"));
+        let bad = build(
+            &format!("admin_key = \"k 123\"\n{conn}"),
+            Overrides::default(),
+        );
+        let bad = format!("{:#}", bad.unwrap_err());
+        assert!(bad.contains("admin_key") && !bad.contains("k 123"), "{bad}");
+        assert_eq!(build(conn, Overrides::default()).unwrap().admin_key, None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,8 +1,13 @@
-//! Classifies a request by method and path: which endpoint, how llamagate
-//! handles it, and which API's error shape it speaks.
+//! The endpoint table: every fact about an Ollama endpoint in one row — its
+//! path and methods, how llamagate handles it, which API's error shape it
+//! speaks, which body fields Ollama's struct has for it, where the model is,
+//! and whether it streams by default — and [`classify`], which reads a
+//! request's method and path the way Ollama's router does
+//! (see [`crate::api`]).
 
 use http::Method;
 
+use crate::api::path;
 pub use crate::plugin::Endpoint;
 
 /// How llamagate serves an endpoint.
@@ -28,161 +33,571 @@ pub enum ApiStyle {
     OpenAi,
 }
 
+/// Where a request names its model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelAt {
+    /// Nowhere.
+    None,
+    /// In a body field; when several are listed the first non-empty one wins,
+    /// as Ollama's `cmp.Or(req.Model, req.Name)`.
+    Body(&'static [&'static str]),
+    /// In the last path segment (`/v1/models/{model}`).
+    Path,
+    /// In the `model` part of a `multipart/form-data` body
+    /// (`/v1/audio/transcriptions`; see [`crate::api::form`]).
+    Form,
+}
+
+impl ModelAt {
+    /// Whether a request of this endpoint must name a model (Ollama refuses it otherwise).
+    pub fn required(self, endpoint: Endpoint) -> bool {
+        match self {
+            ModelAt::None => false,
+            ModelAt::Path | ModelAt::Form => true,
+            ModelAt::Body(_) => endpoint != Endpoint::Other,
+        }
+    }
+}
+
+/// Whether a response streams when the body does not say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Streams {
+    /// Never streams.
+    Never,
+    /// Native endpoints: streams unless `"stream": false`.
+    UnlessFalse,
+    /// OpenAI endpoints: streams only with `"stream": true`.
+    IfTrue,
+}
+
+/// How a route's path is matched against the decoded request path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pattern {
+    /// This exact path.
+    Exact(&'static str),
+    /// This prefix followed by one non-empty segment (gin's `:param`).
+    Param(&'static str),
+}
+
+/// One endpoint's facts.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    pattern: Pattern,
+    /// The methods Ollama routes for this path.
+    pub methods: &'static [Method],
+    /// How llamagate serves it.
+    pub handling: Handling,
+    /// Where the model is named.
+    pub model: ModelAt,
+    /// Fields of Ollama's request struct that policies see (besides the
+    /// model fields): `options`, `keep_alive`, `stream`, each where the struct has it.
+    pub fields: &'static [&'static str],
+    /// Streaming default.
+    pub streams: Streams,
+}
+
+const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
+const GET: &[Method] = &[Method::GET];
+const POST: &[Method] = &[Method::POST];
+const MODEL: ModelAt = ModelAt::Body(&["model"]);
+const MODEL_OR_NAME: ModelAt = ModelAt::Body(&["model", "name"]);
+const INFERENCE: &[&str] = &["options", "keep_alive", "stream"];
+const EMBEDDING: &[&str] = &["options", "keep_alive"];
+const STREAM: &[&str] = &["stream"];
+
+macro_rules! row {
+    ($e:ident, $p:expr, $m:expr, $h:ident, $model:expr, $f:expr, $s:ident) => {
+        Row {
+            endpoint: Endpoint::$e,
+            pattern: $p,
+            methods: $m,
+            handling: Handling::$h,
+            model: $model,
+            fields: $f,
+            streams: Streams::$s,
+        }
+    };
+}
+
+use Pattern::{Exact, Param};
+
+/// Every endpoint llamagate knows, as Ollama's `server/routes.go` routes them
+/// and `api/types.go` (and `openai/`) decode them.
+pub static TABLE: &[Row] = &[
+    row!(Root, Exact("/"), GET_HEAD, Local, ModelAt::None, &[], Never),
+    row!(
+        Version,
+        Exact("/api/version"),
+        GET_HEAD,
+        FanOut,
+        ModelAt::None,
+        &[],
+        Never
+    ),
+    row!(
+        Tags,
+        Exact("/api/tags"),
+        GET_HEAD,
+        FanOut,
+        ModelAt::None,
+        &[],
+        Never
+    ),
+    row!(Ps, Exact("/api/ps"), GET, FanOut, ModelAt::None, &[], Never),
+    row!(
+        Show,
+        Exact("/api/show"),
+        POST,
+        Route,
+        MODEL_OR_NAME,
+        &["options"],
+        Never
+    ),
+    row!(
+        Generate,
+        Exact("/api/generate"),
+        POST,
+        Route,
+        MODEL,
+        INFERENCE,
+        UnlessFalse
+    ),
+    row!(
+        Chat,
+        Exact("/api/chat"),
+        POST,
+        Route,
+        MODEL,
+        INFERENCE,
+        UnlessFalse
+    ),
+    row!(
+        Embed,
+        Exact("/api/embed"),
+        POST,
+        Route,
+        MODEL,
+        EMBEDDING,
+        Never
+    ),
+    row!(
+        Embeddings,
+        Exact("/api/embeddings"),
+        POST,
+        Route,
+        MODEL,
+        EMBEDDING,
+        Never
+    ),
+    row!(
+        Pull,
+        Exact("/api/pull"),
+        POST,
+        Route,
+        MODEL_OR_NAME,
+        STREAM,
+        UnlessFalse
+    ),
+    row!(
+        Push,
+        Exact("/api/push"),
+        POST,
+        Route,
+        MODEL_OR_NAME,
+        STREAM,
+        UnlessFalse
+    ),
+    row!(
+        Create,
+        Exact("/api/create"),
+        POST,
+        Route,
+        MODEL_OR_NAME,
+        STREAM,
+        UnlessFalse
+    ),
+    row!(
+        Copy,
+        Exact("/api/copy"),
+        POST,
+        Route,
+        ModelAt::Body(&["source"]),
+        &[],
+        Never
+    ),
+    row!(
+        Delete,
+        Exact("/api/delete"),
+        &[Method::DELETE],
+        Route,
+        MODEL_OR_NAME,
+        &[],
+        Never
+    ),
+    row!(
+        Blobs,
+        Param("/api/blobs/"),
+        &[Method::HEAD, Method::POST],
+        RouteStreaming,
+        ModelAt::None,
+        &[],
+        Never
+    ),
+    row!(
+        OpenaiChat,
+        Exact("/v1/chat/completions"),
+        POST,
+        Route,
+        MODEL,
+        STREAM,
+        IfTrue
+    ),
+    row!(
+        OpenaiCompletions,
+        Exact("/v1/completions"),
+        POST,
+        Route,
+        MODEL,
+        STREAM,
+        IfTrue
+    ),
+    row!(
+        OpenaiEmbeddings,
+        Exact("/v1/embeddings"),
+        POST,
+        Route,
+        MODEL,
+        &[],
+        Never
+    ),
+    row!(
+        OpenaiModels,
+        Exact("/v1/models"),
+        GET,
+        FanOut,
+        ModelAt::None,
+        &[],
+        Never
+    ),
+    row!(
+        OpenaiModel,
+        Param("/v1/models/"),
+        GET,
+        Route,
+        ModelAt::Path,
+        &[],
+        Never
+    ),
+    row!(
+        OpenaiResponses,
+        Exact("/v1/responses"),
+        POST,
+        Route,
+        MODEL,
+        STREAM,
+        IfTrue
+    ),
+    row!(
+        OpenaiMessages,
+        Exact("/v1/messages"),
+        POST,
+        Route,
+        MODEL,
+        STREAM,
+        IfTrue
+    ),
+    // Not in the WIT contract's `endpoint` enum (0.1.0): plugins see `other`, with the model.
+    row!(
+        Other,
+        Exact("/v1/audio/transcriptions"),
+        POST,
+        Route,
+        ModelAt::Form,
+        &[],
+        Never
+    ),
+];
+
+/// The row of any other path: forwarded, by `model` when the body has one.
+pub static OTHER: Row = row!(Other, Exact(""), &[], Route, MODEL, &[], Never);
+
+impl Row {
+    /// The row of `endpoint`.
+    pub fn of(endpoint: Endpoint) -> &'static Row {
+        TABLE
+            .iter()
+            .find(|r| r.endpoint == endpoint && endpoint != Endpoint::Other)
+            .unwrap_or(&OTHER)
+    }
+
+    /// What the pattern captures from `path`: `Some("")` for an exact match,
+    /// `Some(segment)` for a parameter.
+    fn capture<'p>(&self, path: &'p [u8]) -> Option<&'p [u8]> {
+        match self.pattern {
+            Exact(p) => (path == p.as_bytes()).then_some(&path[..0]),
+            Param(prefix) => {
+                let segment = path.strip_prefix(prefix.as_bytes())?;
+                (!segment.is_empty() && !segment.contains(&b'/')).then_some(segment)
+            }
+        }
+    }
+}
+
 /// A classified request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Classified {
+    /// The endpoint's row.
+    pub row: &'static Row,
     /// The endpoint.
     pub endpoint: Endpoint,
     /// How to serve it.
     pub handling: Handling,
     /// Error shape.
     pub style: ApiStyle,
-    /// For `/v1/models/{model}`: the model in the path.
+    /// For `/v1/models/{model}`: the model in the path, decoded.
     pub path_model: Option<String>,
+    /// The path as Ollama's router reads it (percent-decoded; lossy where
+    /// the bytes are not UTF-8), for plugins and logs.
+    pub path: String,
+    /// The path to send to the backend: the canonical encoding of the decoded
+    /// path, so the backend decodes exactly what was classified.
+    pub forward_path: String,
 }
 
-/// Why a request cannot be served, in Ollama's plain-text words.
+impl PartialEq for Row {
+    fn eq(&self, other: &Row) -> bool {
+        self.endpoint == other.endpoint && self.pattern == other.pattern
+    }
+}
+
+impl Eq for Row {}
+
+/// Why a request cannot be served as it is, answered the way Ollama's router would.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// The path exists but not for this method: 405 `405 method not allowed`.
     MethodNotAllowed,
+    /// A malformed percent escape: 400, as Go's URL parser refuses it.
+    BadPath,
+    /// gin's trailing-slash redirect: 301 for GET, 307 otherwise, to this
+    /// location (path without the slash, and the query).
+    Redirect {
+        /// 301 or 307.
+        status: u16,
+        /// Where to.
+        location: String,
+    },
 }
 
-/// Classifies `method path`. Unknown paths are [`Endpoint::Other`] and are forwarded.
-pub fn classify(method: &Method, path: &str) -> Result<Classified, Rejection> {
-    use Endpoint as E;
-    use Handling::*;
-    let path = path.split('?').next().unwrap_or(path);
-    let (endpoint, handling, allowed): (Endpoint, Handling, &[Method]) = match path {
-        "/" => (E::Root, Local, &[Method::GET, Method::HEAD]),
-        "/api/version" => (E::Version, FanOut, &[Method::GET, Method::HEAD]),
-        "/api/tags" => (E::Tags, FanOut, &[Method::GET, Method::HEAD]),
-        "/api/ps" => (E::Ps, FanOut, &[Method::GET]),
-        "/api/show" => (E::Show, Route, &[Method::POST]),
-        "/api/generate" => (E::Generate, Route, &[Method::POST]),
-        "/api/chat" => (E::Chat, Route, &[Method::POST]),
-        "/api/embed" => (E::Embed, Route, &[Method::POST]),
-        "/api/embeddings" => (E::Embeddings, Route, &[Method::POST]),
-        "/api/pull" => (E::Pull, Route, &[Method::POST]),
-        "/api/push" => (E::Push, Route, &[Method::POST]),
-        "/api/create" => (E::Create, Route, &[Method::POST]),
-        "/api/copy" => (E::Copy, Route, &[Method::POST]),
-        "/api/delete" => (E::Delete, Route, &[Method::DELETE]),
-        "/v1/chat/completions" => (E::OpenaiChat, Route, &[Method::POST]),
-        "/v1/completions" => (E::OpenaiCompletions, Route, &[Method::POST]),
-        "/v1/embeddings" => (E::OpenaiEmbeddings, Route, &[Method::POST]),
-        "/v1/models" => (E::OpenaiModels, FanOut, &[Method::GET]),
-        "/v1/responses" => (E::OpenaiResponses, Route, &[Method::POST]),
-        "/v1/messages" => (E::OpenaiMessages, Route, &[Method::POST]),
-        p if p.starts_with("/api/blobs/") => {
-            (E::Blobs, RouteStreaming, &[Method::HEAD, Method::POST])
+/// Classifies a request by `method` and the raw (still percent-encoded)
+/// `raw_path`. Unknown paths are [`Endpoint::Other`] and are forwarded.
+pub fn classify(
+    method: &Method,
+    raw_path: &str,
+    query: Option<&str>,
+) -> Result<Classified, Rejection> {
+    let decoded = path::decode(raw_path).map_err(|_| Rejection::BadPath)?;
+    let found = TABLE
+        .iter()
+        .find_map(|row| row.capture(&decoded).map(|c| (row, c)));
+    let Some((row, captured)) = found else {
+        if let Some(location) = trailing_slash_redirect(method, &decoded, query) {
+            return Err(location);
         }
-        p if p.starts_with("/v1/models/") && !p["/v1/models/".len()..].contains('/') => {
-            let model = &p["/v1/models/".len()..];
-            if method != Method::GET {
-                return Err(Rejection::MethodNotAllowed);
-            }
-            return Ok(Classified {
-                endpoint: E::OpenaiModel,
-                handling: Route,
-                style: ApiStyle::OpenAi,
-                path_model: Some(percent_decode(model)),
-            });
-        }
-        _ => (E::Other, Route, &[]),
+        return Ok(classified(&OTHER, &decoded, None));
     };
-    if !allowed.is_empty() && !allowed.contains(method) {
+    if !row.methods.contains(method) {
         return Err(Rejection::MethodNotAllowed);
     }
-    let style = if path.starts_with("/v1/") {
+    let path_model =
+        (row.model == ModelAt::Path).then(|| String::from_utf8_lossy(captured).into_owned());
+    Ok(classified(row, &decoded, path_model))
+}
+
+fn classified(row: &'static Row, decoded: &[u8], path_model: Option<String>) -> Classified {
+    let path = String::from_utf8_lossy(decoded).into_owned();
+    let style = if decoded.starts_with(b"/v1/") {
         ApiStyle::OpenAi
     } else {
         ApiStyle::Ollama
     };
-    Ok(Classified {
-        endpoint,
-        handling,
+    Classified {
+        row,
+        endpoint: row.endpoint,
+        handling: row.handling,
         style,
-        path_model: None,
-    })
+        path_model,
+        forward_path: path::encode(decoded),
+        path,
+    }
+}
+
+/// gin redirects `/x/` to `/x` when `/x` is a route for this method.
+fn trailing_slash_redirect(
+    method: &Method,
+    decoded: &[u8],
+    query: Option<&str>,
+) -> Option<Rejection> {
+    let trimmed = decoded.strip_suffix(b"/").filter(|t| !t.is_empty())?;
+    TABLE
+        .iter()
+        .find(|row| row.capture(trimmed).is_some() && row.methods.contains(method))?;
+    let mut location = path::encode(trimmed);
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    let status = if method == Method::GET { 301 } else { 307 };
+    Some(Rejection::Redirect { status, location })
 }
 
 /// Whether the endpoint streams when the body has no `stream` field.
 pub fn streams_by_default(endpoint: Endpoint) -> bool {
-    use Endpoint as E;
-    matches!(
-        endpoint,
-        E::Generate | E::Chat | E::Pull | E::Push | E::Create
-    )
-}
-
-/// Decodes `%XX` escapes in a path (model names may carry `:`).
-pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
+    Row::of(endpoint).streams == Streams::UnlessFalse
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn endpoint(method: Method, path: &str) -> Endpoint {
+        classify(&method, path, None).unwrap().endpoint
+    }
+
     #[test]
     fn known_paths() {
-        let c = classify(&Method::POST, "/api/chat").unwrap();
+        let c = classify(&Method::POST, "/api/chat", None).unwrap();
         assert_eq!(c.endpoint, Endpoint::Chat);
         assert_eq!(c.style, ApiStyle::Ollama);
-        let c = classify(&Method::GET, "/v1/models/llama3.2%3Alatest").unwrap();
+        let c = classify(&Method::GET, "/v1/models/llama3.2%3Alatest", None).unwrap();
         assert_eq!(c.endpoint, Endpoint::OpenaiModel);
         assert_eq!(c.path_model.as_deref(), Some("llama3.2:latest"));
+        assert_eq!(c.forward_path, "/v1/models/llama3.2:latest");
         assert_eq!(
-            classify(&Method::HEAD, "/api/blobs/sha256:00")
+            classify(&Method::HEAD, "/api/blobs/sha256:00", None)
                 .unwrap()
                 .handling,
             Handling::RouteStreaming
         );
+        assert_eq!(endpoint(Method::GET, "/api/tags"), Endpoint::Tags);
+    }
+
+    #[test]
+    fn every_row_classifies_as_itself() {
+        for row in TABLE {
+            let path = match row.pattern {
+                Exact(p) => p.to_string(),
+                Param(prefix) => format!("{prefix}x"),
+            };
+            for method in row.methods {
+                assert_eq!(endpoint(method.clone(), &path), row.endpoint, "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn percent_decoding_before_routing() {
+        assert_eq!(endpoint(Method::DELETE, "/api/%64elete"), Endpoint::Delete);
+        assert_eq!(endpoint(Method::POST, "/api%2Fcopy"), Endpoint::Copy);
+        assert_eq!(endpoint(Method::POST, "/%61pi/%63hat"), Endpoint::Chat);
         assert_eq!(
-            classify(&Method::GET, "/api/tags?x=1").unwrap().endpoint,
-            Endpoint::Tags
+            classify(&Method::POST, "/api/%63hat", None)
+                .unwrap()
+                .forward_path,
+            "/api/chat"
         );
+        assert_eq!(
+            classify(&Method::POST, "/api/%zzchat", None),
+            Err(Rejection::BadPath)
+        );
+    }
+
+    #[test]
+    fn no_cleaning_no_case_folding() {
+        for path in [
+            "/API/CHAT",
+            "/Api/chat",
+            "//api/chat",
+            "/api//chat",
+            "/api/./chat",
+            "/api/x/../chat",
+            "/api/chat%00",
+            "/api/chat;x",
+        ] {
+            assert_eq!(endpoint(Method::POST, path), Endpoint::Other, "{path}");
+        }
+        // The forwarded path decodes to what was classified.
+        let c = classify(&Method::POST, "/api/x%2F..%2Fchat", None).unwrap();
+        assert_eq!(c.endpoint, Endpoint::Other);
+        assert_eq!(c.forward_path, "/api/x/../chat");
+    }
+
+    #[test]
+    fn trailing_slash_redirects() {
+        assert_eq!(
+            classify(&Method::POST, "/api/chat/", Some("a=1")),
+            Err(Rejection::Redirect {
+                status: 307,
+                location: "/api/chat?a=1".into()
+            })
+        );
+        assert_eq!(
+            classify(&Method::GET, "/api/tags/", None),
+            Err(Rejection::Redirect {
+                status: 301,
+                location: "/api/tags".into()
+            })
+        );
+        assert_eq!(
+            classify(&Method::DELETE, "/api/%64elete%2F", None),
+            Err(Rejection::Redirect {
+                status: 307,
+                location: "/api/delete".into()
+            })
+        );
+        // Only where the slash-less path is a route for this method.
+        assert_eq!(endpoint(Method::GET, "/api/chat/"), Endpoint::Other);
+        assert_eq!(endpoint(Method::POST, "/api/nothing/"), Endpoint::Other);
+        assert!(matches!(
+            classify(&Method::GET, "/v1/models/x/", None),
+            Err(Rejection::Redirect { status: 301, .. })
+        ));
+    }
+
+    #[test]
+    fn path_parameters_are_one_segment() {
+        assert_eq!(endpoint(Method::GET, "/v1/models/a/b"), Endpoint::Other);
+        assert_eq!(endpoint(Method::GET, "/v1/models/a%2Fb"), Endpoint::Other);
+        assert_eq!(endpoint(Method::POST, "/api/blobs/a/b"), Endpoint::Other);
+        assert_eq!(endpoint(Method::POST, "/api/blobs/"), Endpoint::Other);
     }
 
     #[test]
     fn wrong_method() {
-        assert_eq!(
-            classify(&Method::GET, "/api/chat"),
-            Err(Rejection::MethodNotAllowed)
-        );
-        assert_eq!(
-            classify(&Method::POST, "/api/delete"),
-            Err(Rejection::MethodNotAllowed)
-        );
+        for (method, path) in [
+            (Method::GET, "/api/chat"),
+            (Method::POST, "/api/delete"),
+            (Method::POST, "/api/%64elete"),
+            (Method::HEAD, "/api/ps"),
+            (Method::from_bytes(b"delete").unwrap(), "/api/delete"),
+        ] {
+            assert_eq!(
+                classify(&method, path, None),
+                Err(Rejection::MethodNotAllowed),
+                "{method} {path}"
+            );
+        }
     }
 
     #[test]
     fn unknown_paths_are_forwarded() {
-        let c = classify(&Method::POST, "/v1/audio/transcriptions").unwrap();
+        let c = classify(&Method::POST, "/v1/audio/transcriptions", None).unwrap();
         assert_eq!(c.endpoint, Endpoint::Other);
+        assert_eq!(c.row.model, ModelAt::Form);
         assert_eq!(c.style, ApiStyle::OpenAi);
-        assert_eq!(
-            classify(&Method::GET, "/v1/models/a/b").unwrap().endpoint,
-            Endpoint::Other
-        );
+        let c = classify(&Method::POST, "/api/experimental/web_search", None).unwrap();
+        assert_eq!(c.row, &OTHER);
     }
 }

@@ -1,12 +1,18 @@
 //! Error responses in the shape the client's API speaks, and the errors a
 //! request can meet on its way, tagged with where they came from.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::endpoint::{ApiStyle, Endpoint};
+use crate::log_limit::LogLimiter;
 use crate::plugin::PluginError;
 use crate::ResponseBody;
+
+/// Rate limit of the log lines for failing plugins, per plugin and kind.
+static PLUGIN_FAILURES: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
 /// Where a failure came from, so clients can tell "your request is bad" from
 /// "the backend is down" from "the policy said no".
@@ -52,6 +58,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Client { status, .. } => *status,
+            GatewayError::Plugin(PluginError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Plugin(_)
             | GatewayError::PluginAnswer { .. }
             | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -62,13 +69,31 @@ impl GatewayError {
     /// Renders the error for a client of `style`.
     pub fn into_response(self, style: ApiStyle) -> Response<ResponseBody> {
         let status = self.status();
-        if matches!(
-            self,
-            GatewayError::Plugin(_) | GatewayError::PluginAnswer { .. }
-        ) {
-            tracing::error!("{self}");
+        // One line per plugin and kind every 10 s: a flood of failing requests
+        // must not flood the log (the full trap is logged at debug level).
+        match &self {
+            GatewayError::Plugin(err @ PluginError::Busy { .. }) => {
+                let key = format!("{}:{}", err.plugin(), err.kind());
+                crate::warn_limited!(PLUGIN_FAILURES, &key, "{self}");
+            }
+            GatewayError::Plugin(err) => {
+                let key = format!("{}:{}", err.plugin(), err.kind());
+                crate::error_limited!(PLUGIN_FAILURES, &key, "{self}");
+            }
+            GatewayError::PluginAnswer { plugin, .. } => {
+                let key = format!("{plugin}:answer");
+                crate::error_limited!(PLUGIN_FAILURES, &key, "{self}");
+            }
+            _ => {}
         }
-        error_response(style, status, &self.to_string())
+        let busy = matches!(self, GatewayError::Plugin(PluginError::Busy { .. }));
+        let mut response = error_response(style, status, &self.to_string());
+        if busy {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -4,12 +4,18 @@
 //! A background prober asks every backend for `/api/tags` and `/api/ps` on an
 //! interval. State is per process: llamagate replicas each probe on their own,
 //! so the proxy stays stateless.
+//!
+//! A backend URL may carry credentials (`http://admin:pw@gpu-01:11434`, for an
+//! nginx with basic auth in front of Ollama). They are split off when the
+//! fleet is built: what is shown anywhere ([`BackendState::url`]) has no
+//! userinfo, and the credentials go to that backend only, as its
+//! `Authorization: Basic` header ([`BackendState::authorization`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderValue, Uri};
 use serde::Deserialize;
 
 use crate::plugin::{Backend, LoadedModel};
@@ -19,10 +25,15 @@ use crate::upstream::Upstream;
 pub struct BackendState {
     /// Operator's id.
     pub id: String,
-    /// Base URL, without a trailing slash.
+    /// Base URL, without a trailing slash and without userinfo: the form shown
+    /// in logs, status, errors and to plugins.
     pub url: String,
-    /// Parsed base URL.
+    /// Parsed base URL to connect to (no userinfo either).
     pub uri: Uri,
+    /// The URL as configured, credentials included; compared on reload only.
+    configured: String,
+    /// `Basic ...` from the URL's userinfo, if it has one.
+    authorization: Option<HeaderValue>,
     healthy: AtomicBool,
     in_flight: AtomicU32,
     seen: RwLock<Seen>,
@@ -50,6 +61,13 @@ impl BackendState {
                 tracing::warn!(backend = %self.id, url = %self.url, "backend is unreachable");
             }
         }
+    }
+
+    /// The `Authorization` value every request to this backend carries, made
+    /// from the userinfo of its URL (replacing the client's own, which was
+    /// meant for llamagate and its plugins, not for the backend).
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
     }
 
     /// Counts a request in flight until the guard is dropped.
@@ -81,6 +99,45 @@ impl Drop for InFlight {
     }
 }
 
+/// `Basic base64(user:password)` from a URL's percent-encoded userinfo, marked
+/// sensitive so HTTP/2 never indexes it.
+fn basic_authorization(userinfo: &str) -> HeaderValue {
+    use base64::Engine as _;
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let mut credentials = percent_decode(user);
+    credentials.push(b':');
+    credentials.extend(percent_decode(password));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value =
+        HeaderValue::try_from(format!("Basic {encoded}")).expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
+/// Decodes `%XX` escapes (RFC 3986 §2.1); a malformed escape stays as written.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// All backends, in configuration order.
 pub struct Fleet {
     backends: Vec<Arc<BackendState>>,
@@ -93,10 +150,12 @@ impl Fleet {
         let backends = backends
             .iter()
             .map(|(id, url)| {
-                let url = url.trim_end_matches('/').to_string();
-                if let Some(kept) = previous.and_then(|p| p.get(id)).filter(|b| b.url == url) {
+                let configured = url.trim_end_matches('/').to_string();
+                let kept = previous.and_then(|p| p.get(id));
+                if let Some(kept) = kept.filter(|b| b.configured == configured) {
                     return Ok(kept.clone());
                 }
+                let (url, userinfo) = crate::config::split_userinfo(&configured);
                 let uri: Uri = url
                     .parse()
                     .map_err(|e| anyhow::anyhow!("backend {id:?}: bad URL {url:?}: {e}"))?;
@@ -104,6 +163,8 @@ impl Fleet {
                     id: id.clone(),
                     url,
                     uri,
+                    configured,
+                    authorization: userinfo.as_deref().map(basic_authorization),
                     healthy: AtomicBool::new(true),
                     in_flight: AtomicU32::new(0),
                     seen: RwLock::default(),
@@ -181,5 +242,48 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
             tracing::debug!(backend = %backend.id, "probe failed: {e}");
             backend.set_healthy(false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_split_off_the_url() {
+        let fleet = Fleet::new(
+            &[
+                ("a".into(), "http://admin:p%40ss%2Fw@gpu-01:11434/".into()),
+                ("b".into(), "http://gpu-02:11434".into()),
+            ],
+            None,
+        )
+        .unwrap();
+        let a = fleet.get("a").unwrap();
+        assert_eq!(a.url, "http://gpu-01:11434");
+        assert_eq!(a.uri.to_string(), "http://gpu-01:11434/");
+        assert_eq!(a.view().url, "http://gpu-01:11434");
+        // base64("admin:p@ss/w")
+        assert_eq!(a.authorization().unwrap(), "Basic YWRtaW46cEBzcy93");
+        assert!(a.authorization().unwrap().is_sensitive());
+        assert!(fleet.get("b").unwrap().authorization().is_none());
+
+        // A new password is a new backend; the same URL keeps its state.
+        let same = Fleet::new(
+            &[("a".into(), "http://admin:p%40ss%2Fw@gpu-01:11434".into())],
+            Some(&fleet),
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(same.get("a").unwrap(), a));
+        let changed = Fleet::new(
+            &[("a".into(), "http://admin:new@gpu-01:11434".into())],
+            Some(&fleet),
+        )
+        .unwrap();
+        assert!(!Arc::ptr_eq(changed.get("a").unwrap(), a));
+        assert_eq!(
+            changed.get("a").unwrap().authorization().unwrap(),
+            "Basic YWRtaW46bmV3"
+        );
     }
 }

@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body;
+use crate::client_limits::{paced, BodyDeadline, BodyTimeout};
 use crate::endpoint::{classify, Endpoint, Handling, Rejection};
 use crate::error::{error_response, model_not_found, text_response, GatewayError};
 use crate::fleet::Fleet;
@@ -35,6 +36,8 @@ pub const DECISION_HEADER: &str = "x-llamagate-decision";
 pub struct Settings {
     /// Largest request body read into memory (blob uploads stream and are exempt).
     pub max_body_size: usize,
+    /// Limits on the policy view (`max_options`, `max_view_size`).
+    pub view_limits: crate::intake::ViewLimits,
     /// How long a fan-out waits for each backend.
     pub fanout_timeout: Duration,
     /// Interval between backend probes.
@@ -43,6 +46,8 @@ pub struct Settings {
     pub explain: bool,
     /// Serve the status endpoint.
     pub status: bool,
+    /// The key status callers must present; `None`: loopback callers only.
+    pub admin_key: Option<crate::status::AdminKey>,
 }
 
 /// What requests are decided with; replaced whole on reload.
@@ -128,23 +133,14 @@ impl Gateway {
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ResponseBody> {
-        let path = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        if path == crate::status::PATH && request.method() == Method::GET {
-            return match self.current().settings.status {
-                true => crate::status::response(self),
-                false => text_response(StatusCode::NOT_FOUND, "404 page not found"),
-            };
-        }
-        let classified = match classify(request.method(), &path) {
+        let uri = request.uri().clone();
+        let classified = match classify(request.method(), uri.path(), uri.query()) {
             Ok(c) => c,
-            Err(Rejection::MethodNotAllowed) => {
-                return text_response(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed")
-            }
+            Err(rejection) => return rejected(rejection),
         };
+        if classified.path == crate::status::PATH && request.method() == Method::GET {
+            return crate::status::answer(self, request.headers(), client);
+        }
         let style = classified.style;
         if classified.handling == Handling::Local {
             let body = if request.method() == Method::HEAD {
@@ -155,10 +151,7 @@ impl Gateway {
             return text_response(StatusCode::OK, body);
         }
         let generation = self.current();
-        match self
-            .serve(&generation, request, client, path, classified)
-            .await
-        {
+        match self.serve(&generation, request, client, classified).await {
             Ok(response) => response,
             Err(err) => err.into_response(style),
         }
@@ -169,29 +162,43 @@ impl Gateway {
         generation: &Arc<Generation>,
         request: Request<Incoming>,
         client: SocketAddr,
-        path: String,
         classified: crate::endpoint::Classified,
     ) -> Result<Response<ResponseBody>, GatewayError> {
         let (parts, incoming) = request.into_parts();
         let endpoint = classified.endpoint;
+        let query = parts.uri.query();
+        let raw_path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let settings = &generation.settings;
+        if classified.handling != Handling::RouteStreaming {
+            refuse_oversized(&parts.headers, settings.max_body_size)?;
+        }
+        // The accept loop gives every request its body deadline (`body_timeout`).
+        let deadline = parts.extensions.get::<BodyDeadline>();
         let (bytes, upload) = if classified.handling == Handling::RouteStreaming {
-            (Bytes::new(), Some(incoming))
+            let upload: RequestBody = paced(incoming, deadline).boxed_unsync();
+            (Bytes::new(), Some(upload))
         } else {
             let limit = generation.settings.max_body_size;
-            (read_body(incoming, limit).await?, None)
+            let declared = declared_length(&parts.headers);
+            (read_body(incoming, limit, deadline, declared).await?, None)
         };
         if let Some(recorder) = &self.recorder {
-            recorder.record(&parts.method, &path, &parts.headers, client, &bytes);
+            recorder.record(&parts.method, &raw_path, &parts.headers, client, &bytes);
         }
 
         let intake = intake::prepare(intake::Incoming {
             id: self.next_id.fetch_add(1, Ordering::Relaxed).to_string(),
             classified: &classified,
             method: &parts.method,
-            path: &path,
+            query,
             headers: &parts.headers,
             body: &bytes,
             client: client.to_string(),
+            limits: settings.view_limits,
         })?;
         let backends = generation.fleet.views();
         let explain = generation.settings.explain;
@@ -207,9 +214,13 @@ impl Gateway {
             )
         });
         let decided = {
-            let (chain, body) = (generation.chain.clone(), bytes.clone());
+            // Each plugin waits for a call slot (fairly across clients), then
+            // runs off the async workers.
             let (view, raw) = (intake.view, intake.raw_options);
-            off_thread(move || chain.decide(view, raw, &backends, &body, explain)).await?
+            generation
+                .chain
+                .decide(view, raw, backends.into(), bytes.clone(), explain)
+                .await?
         };
         if let Some((shadow, view, raw, backends)) = shadow_input {
             self.run_shadow(
@@ -224,7 +235,7 @@ impl Gateway {
         let trace = explain.then(|| decided.trace().join("; "));
         let plan = match decided {
             Outcome::Respond { plugin, reply, .. } => {
-                tracing::info!(plugin, status = reply.status, path, "policy answered");
+                tracing::info!(plugin, status = reply.status, path = %classified.path, "policy answered");
                 let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
                 let mut response = error_response(classified.style, status, &reply.message);
                 for Header { name, value } in reply.headers {
@@ -249,6 +260,18 @@ impl Gateway {
 
         let body: Option<Bytes> = if upload.is_some() {
             None
+        } else if let Some(span) = intake.form_model.clone() {
+            // A form body: only the model's value can be rewritten.
+            match (&plan.request.model, plan.model_changed) {
+                (Some(model), true) => {
+                    let mut out = Vec::with_capacity(bytes.len() + model.len());
+                    out.extend_from_slice(&bytes[..span.start]);
+                    out.extend_from_slice(model.as_bytes());
+                    out.extend_from_slice(&bytes[span.end..]);
+                    Some(out.into())
+                }
+                _ => Some(bytes),
+            }
         } else {
             let edits = plan.body_edits(intake.model_field);
             if edits.is_empty() {
@@ -261,10 +284,18 @@ impl Gateway {
                 )
             }
         };
-        let forward_path = match (endpoint, &plan.request.model) {
-            (Endpoint::OpenaiModel, Some(m)) if plan.model_changed => format!("/v1/models/{m}"),
-            _ => path,
+        // The backend gets the canonical encoding of the path as classified,
+        // so it routes exactly what the policy judged.
+        let mut forward_path = match (endpoint, &plan.request.model) {
+            (Endpoint::OpenaiModel, Some(m)) if plan.model_changed => {
+                format!("/v1/models/{}", crate::api::path::encode(m.as_bytes()))
+            }
+            _ => classified.forward_path.clone(),
         };
+        if let Some(q) = query {
+            forward_path.push('?');
+            forward_path.push_str(q);
+        }
         let mut headers = parts.headers;
         apply_header_edits(&mut headers, &plan);
         if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
@@ -291,10 +322,12 @@ impl Gateway {
         body: Bytes,
         live: String,
     ) {
+        static FAILED: crate::log_limit::LogLimiter =
+            crate::log_limit::LogLimiter::new(Duration::from_secs(10));
         let stats = self.shadow_stats.clone();
         let id = view.id.clone();
-        tokio::task::spawn_blocking(move || {
-            match shadow.decide(view, raw, &backends, &body, false) {
+        tokio::spawn(async move {
+            match shadow.decide(view, raw, backends.into(), body, false).await {
                 Ok(outcome) => {
                     stats.decided.fetch_add(1, Ordering::Relaxed);
                     let theirs = outcome.summary();
@@ -307,7 +340,9 @@ impl Gateway {
                 }
                 Err(err) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(request = %id, "shadow policy failed: {err}");
+                    if FAILED.check("shadow").is_some() {
+                        tracing::info!(request = %id, "shadow policy failed: {err}");
+                    }
                 }
             }
         });
@@ -322,7 +357,7 @@ impl Gateway {
         endpoint: Endpoint,
         target: Target<'_>,
         body: Option<Bytes>,
-        mut upload: Option<Incoming>,
+        mut upload: Option<RequestBody>,
     ) -> Result<(Response<ResponseBody>, String), GatewayError> {
         let candidates: Vec<String> = match &plan.backends {
             Some((ids, _)) => ids.clone(),
@@ -352,7 +387,7 @@ impl Gateway {
             };
             let request_body: RequestBody = match (&body, upload.take()) {
                 (Some(bytes), _) => full_request_body(bytes.clone()),
-                (None, Some(incoming)) => incoming.map_err(Into::into).boxed_unsync(),
+                (None, Some(upload)) => upload,
                 (None, None) => break,
             };
             let in_flight = backend.start_request();
@@ -403,21 +438,80 @@ struct Target<'a> {
     headers: &'a HeaderMap,
 }
 
-/// Reads a whole body, refusing more than `limit` bytes.
-async fn read_body(incoming: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
-    match Limited::new(incoming, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::client(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body is larger than llamagate's limit of {limit} bytes (max_body_size)"
-            ),
-        )),
-        Err(e) => Err(GatewayError::client(
-            StatusCode::BAD_REQUEST,
-            format!("could not read the request body: {e}"),
-        )),
+/// The router's answer to a request it cannot route, as Ollama's gives it.
+fn rejected(rejection: Rejection) -> Response<ResponseBody> {
+    match rejection {
+        Rejection::MethodNotAllowed => {
+            text_response(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed")
+        }
+        Rejection::BadPath => text_response(StatusCode::BAD_REQUEST, "400 Bad Request"),
+        Rejection::Redirect { status, location } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+            let mut response = text_response(status, "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            response
+        }
     }
+}
+
+/// Refuses a declared `Content-Length` over `limit` before any of the body is
+/// read, so `Expect: 100-continue` gets 413 instead of `100 Continue`.
+fn refuse_oversized(headers: &HeaderMap, limit: usize) -> Result<(), GatewayError> {
+    match declared_length(headers) {
+        Some(len) if len > limit as u64 => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+/// The body length the client declared (`Content-Length`), if any.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+fn too_large(limit: usize) -> GatewayError {
+    GatewayError::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than llamagate's limit of {limit} bytes (max_body_size)"),
+    )
+}
+
+/// Reads a whole body, refusing more than `limit` bytes, and cutting it with a
+/// 408 when it falls behind `deadline`'s pace.
+async fn read_body(
+    incoming: Incoming,
+    limit: usize,
+    deadline: Option<&BodyDeadline>,
+    declared: Option<u64>,
+) -> Result<Bytes, GatewayError> {
+    let failed = |e: crate::BoxError| {
+        if e.is::<BodyTimeout>() {
+            GatewayError::client(StatusCode::REQUEST_TIMEOUT, e.to_string())
+        } else {
+            GatewayError::client(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
+        }
+    };
+    let mut body = paced(incoming, deadline);
+    // One buffer of the declared size: a body costs its own size once, not a
+    // list of frames plus a copy.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(failed)?.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            return Err(too_large(limit));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
 }
 
 /// Adds the decision header when explaining: each plugin's part, then the backend.
@@ -448,10 +542,11 @@ fn explained(
     response
 }
 
-/// Runs plugin work on tokio's blocking pool. WASI's synchronous stdio (a
-/// guest's panic message, a `println!`) bridges into tokio with `block_on`,
-/// which must not happen on an async worker; and a plugin that spins until its
-/// deadline must not stall the workers that relay streams.
+/// Runs plugin work (one plugin call, or a listing's chain) on tokio's blocking
+/// pool. WASI's synchronous stdio (a guest's panic message, a `println!`)
+/// bridges into tokio with `block_on`, which must not happen on an async
+/// worker; and a plugin that spins until its deadline must not stall the
+/// workers that relay streams. The one place that says where plugin calls run.
 pub async fn off_thread<R: Send + 'static>(
     work: impl FnOnce() -> Result<R, GatewayError> + Send + 'static,
 ) -> Result<R, GatewayError> {

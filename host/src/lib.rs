@@ -2,9 +2,9 @@
 //! every policy decision made by sandboxed WebAssembly plugins.
 //!
 //! The life of a request, by module:
-//! [`server`] accepts it → [`endpoint`] classifies it → [`intake`] (with [`body`])
-//! builds the view policies decide on → [`policy`] runs the plugin chain
-//! ([`plugin`] owns wasmtime) → [`gateway`] picks a backend from the [`fleet`] and
+//! [`server`] accepts it (within the [`client_limits`]) → [`endpoint`]
+//! classifies it → [`intake`] (with [`body`]) builds the view policies decide
+//! on → [`policy`] runs the plugin chain ([`plugin`] owns wasmtime) → [`gateway`] picks a backend from the [`fleet`] and
 //! forwards it through [`upstream`], relaying the answer with [`stream`] — or
 //! [`fanout`] asks every backend and merges the answers. [`error`] words failures
 //! for the client's API. Around it: [`reload`] (hot swap), [`status`],
@@ -12,8 +12,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod body;
 pub mod cli;
+pub mod client_limits;
 pub mod config;
 pub mod demo;
 pub mod endpoint;
@@ -22,6 +24,7 @@ pub mod fanout;
 pub mod fleet;
 pub mod gateway;
 pub mod intake;
+pub mod log_limit;
 pub mod plugin;
 pub mod plugin_cmd;
 pub mod policy;

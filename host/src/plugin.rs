@@ -5,14 +5,30 @@
 //!   interruption, `concurrency_support(false)`), one `Linker`, one ticker thread.
 //! - A [`Plugin`] is a compiled component plus its config. It keeps a pool of idle
 //!   instances, each in its own `Store` and already `init`-ed with the config.
-//! - A call takes an idle instance (or makes one), sets a fresh epoch deadline,
-//!   calls, and gives the instance back. Calls are synchronous and short, so the
-//!   pool holds about one instance per worker thread.
+//!   At most `concurrency` instances are kept idle, so a burst does not leave
+//!   hundreds behind.
+//! - A call first takes one of the plugin's `concurrency` call slots
+//!   ([`Plugin::admit`]: waiting, fairly across clients, up to `max_wait`), then
+//!   takes an idle instance (or makes one), arms its deadline, calls, and gives
+//!   the instance back.
 //! - A trap (including the deadline and the memory cap) poisons the store: that
 //!   instance is dropped, never called again, and the call fails with a
 //!   [`PluginError`] naming the plugin. The next call gets a fresh instance.
 //! - Plugins get an empty WASI context: no files, network, environment or clock
-//!   beyond what WASI p2 always links.
+//!   beyond what WASI p2 always links; their stdout and stderr go nowhere.
+//!
+//! Time limits count the CPU time the call itself used, not wall-clock time, so
+//! a well-behaved plugin does not time out because other requests (or other
+//! processes) took the CPU. The epoch ticker still wakes every store at its
+//! deadline tick; the store's epoch callback then reads the calling thread's CPU
+//! clock (`CLOCK_THREAD_CPUTIME_ID`) and either extends the deadline by the
+//! budget left or traps. That costs one clock read per call plus one per tick
+//! past the first deadline. Fuel was the alternative: deterministic, but it
+//! slows every loop and call of every plugin, needs a fuel-per-millisecond
+//! calibration that differs by machine and instruction mix (so `time_limit`
+//! would no longer mean time), and does not count time spent in host calls.
+//! Each store has its own deadline; a call runs on one thread from start to
+//! end, so that thread's CPU clock is the call's.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -23,8 +39,15 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod slots;
+
+use slots::FairQueue;
+pub use slots::Slot;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -49,14 +72,23 @@ fn ticks(time: Duration) -> u64 {
     (time.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
 }
 
+/// CPU time the calling thread has used so far.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
 /// Hard ceiling on any plugin's linear memory; per-plugin caps sit below it.
 const MAX_MEMORY_CEILING: usize = 1 << 30;
 
 /// Why a plugin call failed. Each variant names the plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// The plugin ran past its time limit and was interrupted.
-    #[error("plugin {plugin:?} exceeded its time limit of {limit:?}")]
+    /// The plugin used up its time limit (CPU time of the call) and was interrupted.
+    #[error("plugin {plugin:?} exceeded its time limit of {limit:?} (CPU time)")]
     Timeout {
         /// Plugin name.
         plugin: String,
@@ -70,13 +102,18 @@ pub enum PluginError {
         plugin: String,
         /// The configured cap in bytes.
         limit: usize,
+        /// Bytes of the request copied into the sandbox during the call (the
+        /// view, and the body if the plugin asked for it): when they are a
+        /// large part of the cap, the request's size is to blame, not the plugin.
+        request_bytes: usize,
     },
     /// The plugin trapped (panic, unreachable, bad memory access...).
-    #[error("plugin {plugin:?} failed: {message}")]
+    #[error("plugin {plugin:?} trapped: {message}")]
     Trap {
         /// Plugin name.
         plugin: String,
-        /// The trap, as wasmtime describes it.
+        /// The trap in one line, as wasmtime names it (the backtrace is logged
+        /// at debug level, never sent to clients).
         message: String,
     },
     /// A new instance could not be created or refused its config.
@@ -87,15 +124,67 @@ pub enum PluginError {
         /// What went wrong.
         message: String,
     },
+    /// Every call slot stayed taken for `max_wait`: the request was not run.
+    #[error("plugin {plugin:?} is busy: all {concurrency} of its call slots stayed taken for {waited:?}; retry later")]
+    Busy {
+        /// Plugin name.
+        plugin: String,
+        /// Calls of the plugin allowed at once.
+        concurrency: usize,
+        /// How long the request waited.
+        waited: Duration,
+    },
+}
+
+impl PluginError {
+    /// The plugin the error is about.
+    pub fn plugin(&self) -> &str {
+        match self {
+            PluginError::Timeout { plugin, .. }
+            | PluginError::OutOfMemory { plugin, .. }
+            | PluginError::Trap { plugin, .. }
+            | PluginError::Start { plugin, .. }
+            | PluginError::Busy { plugin, .. } => plugin,
+        }
+    }
+
+    /// A short name of the kind of failure, for logs and rate limiting.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::OutOfMemory { .. } => "out-of-memory",
+            PluginError::Trap { .. } => "trap",
+            PluginError::Start { .. } => "start",
+            PluginError::Busy { .. } => "busy",
+        }
+    }
 }
 
 /// Sandbox limits of one plugin.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Wall-clock time one call may take.
+    /// CPU time one call may use.
     pub time: Duration,
     /// Bytes of linear memory one instance may use.
     pub memory: usize,
+    /// Calls of this plugin at once (also the most idle instances kept).
+    pub concurrency: usize,
+    /// How long a request may wait for a free call slot before it is refused.
+    pub max_wait: Duration,
+}
+
+/// Most calls of one plugin at once a config may ask for (the pooling
+/// allocator holds 512 component instances for all plugins together).
+pub const MAX_CONCURRENCY: usize = 256;
+
+impl Limits {
+    /// The default `concurrency`: the number of CPUs, at least 2.
+    pub fn default_concurrency() -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, MAX_CONCURRENCY)
+    }
 }
 
 impl Default for Limits {
@@ -103,6 +192,8 @@ impl Default for Limits {
         Limits {
             time: Duration::from_millis(100),
             memory: 64 << 20,
+            concurrency: Limits::default_concurrency(),
+            max_wait: Duration::from_secs(10),
         }
     }
 }
@@ -206,6 +297,7 @@ impl Runtime {
                 runtime: self.clone(),
                 pre,
                 config: config_json,
+                slots: FairQueue::new(limits.concurrency),
                 limits,
                 idle: Mutex::new(Vec::new()),
             }),
@@ -249,8 +341,31 @@ struct State {
     table: ResourceTable,
     memory_cap: usize,
     hit_memory_cap: bool,
+    /// Whether the call asked for the body (`host.request-body`).
+    body_handed: bool,
     plugin: Arc<str>,
     body: Bytes,
+    /// The calling thread's CPU clock reading at which the current call's
+    /// budget runs out.
+    cpu_deadline: Duration,
+}
+
+impl State {
+    /// Gives the call about to start `budget` of CPU time.
+    fn arm(store: &mut Store<State>, budget: Duration) {
+        store.data_mut().cpu_deadline = thread_cpu_time() + budget;
+        store.set_epoch_deadline(ticks(budget));
+    }
+
+    /// At a deadline tick: go on for the budget left, or interrupt when the
+    /// call has used it up.
+    fn on_deadline(&self) -> UpdateDeadline {
+        let used = thread_cpu_time();
+        match self.cpu_deadline.checked_sub(used) {
+            Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
+            _ => UpdateDeadline::Interrupt,
+        }
+    }
 }
 
 impl WasiView for State {
@@ -300,8 +415,20 @@ impl bindings::llamagate::policy::host::Host for State {
     }
 
     fn request_body(&mut self) -> Vec<u8> {
+        self.body_handed = true;
         self.body.to_vec()
     }
+}
+
+/// Bytes of a request view's variable-length parts, as copied into a sandbox.
+fn view_bytes(req: &Request) -> usize {
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len())
+        .sum();
+    let options: usize = req.options.iter().map(|o| o.key.len() + 16).sum();
+    req.path.len() + headers + options + req.model.as_ref().map_or(0, String::len)
 }
 
 /// A loaded plugin: cheap to clone, safe to share between threads.
@@ -316,6 +443,7 @@ struct PluginInner {
     pre: PolicyPluginPre<State>,
     config: String,
     limits: Limits,
+    slots: Arc<FairQueue>,
     idle: Mutex<Vec<Instance>>,
 }
 
@@ -330,6 +458,22 @@ impl Plugin {
         &self.inner.name
     }
 
+    /// Waits (asynchronously, least-used `client` key first) for one of the
+    /// plugin's call slots; hold the slot for the duration of the call. After
+    /// `max_wait` without a slot: [`PluginError::Busy`].
+    pub async fn admit(&self, client: &str) -> Result<Slot, PluginError> {
+        let limits = &self.inner.limits;
+        self.inner
+            .slots
+            .acquire_within(client, limits.max_wait)
+            .await
+            .ok_or_else(|| PluginError::Busy {
+                plugin: self.inner.name.clone(),
+                concurrency: limits.concurrency,
+                waited: limits.max_wait,
+            })
+    }
+
     /// Runs `on-request`. `body` is what `host.request-body` returns.
     pub fn on_request(
         &self,
@@ -337,10 +481,23 @@ impl Plugin {
         backends: &[Backend],
         body: &Bytes,
     ) -> Result<Decision, PluginError> {
-        self.inner.call(body, |store, b| {
-            b.llamagate_policy_policy()
-                .call_on_request(store, req, backends)
-        })
+        self.inner
+            .call(body, |store, b| {
+                b.llamagate_policy_policy()
+                    .call_on_request(store, req, backends)
+            })
+            .map_err(|err| match err {
+                PluginError::OutOfMemory {
+                    plugin,
+                    limit,
+                    request_bytes,
+                } => PluginError::OutOfMemory {
+                    plugin,
+                    limit,
+                    request_bytes: request_bytes + view_bytes(req),
+                },
+                other => other,
+            })
     }
 
     /// Runs `list-models`.
@@ -368,27 +525,34 @@ impl PluginInner {
             None => self.start()?,
         };
         instance.store.data_mut().body = body.clone();
-        instance.store.set_epoch_deadline(self.deadline_ticks());
+        instance.store.data_mut().body_handed = false;
+        State::arm(&mut instance.store, self.limits.time);
         match f(&mut instance.store, &instance.bindings) {
             Ok(result) => {
                 instance.store.data_mut().body = Bytes::new();
-                self.idle.lock().unwrap().push(instance);
+                let mut idle = self.idle.lock().unwrap();
+                if idle.len() < self.limits.concurrency {
+                    idle.push(instance);
+                }
                 Ok(result)
             }
             // The instance is dropped here: a trapped store is never reused.
-            Err(err) => Err(self.classify(err, instance.store.data().hit_memory_cap)),
+            Err(err) => {
+                let state = instance.store.data();
+                let mut failure = self.classify(err, state.hit_memory_cap);
+                if let PluginError::OutOfMemory { request_bytes, .. } = &mut failure {
+                    *request_bytes = if state.body_handed { body.len() } else { 0 };
+                }
+                Err(failure)
+            }
         }
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        ticks(self.limits.time)
     }
 
     /// Instantiation and `init` run once per instance and may parse a large
     /// config (or, for interpreted plugins, start an interpreter): they get ten
     /// times the call limit, and at least a second.
-    fn start_deadline_ticks(&self) -> u64 {
-        ticks((self.limits.time * 10).max(Duration::from_secs(1)))
+    fn start_budget(&self) -> Duration {
+        (self.limits.time * 10).max(Duration::from_secs(1))
     }
 
     fn classify(&self, err: wasmtime::Error, hit_memory_cap: bool) -> PluginError {
@@ -406,11 +570,13 @@ impl PluginInner {
             return PluginError::OutOfMemory {
                 plugin,
                 limit: self.limits.memory,
+                request_bytes: 0,
             };
         }
+        tracing::debug!(plugin, "plugin trapped: {err:?}");
         PluginError::Trap {
             plugin,
-            message: format!("{err:#}"),
+            message: one_line(&err),
         }
     }
 
@@ -421,17 +587,20 @@ impl PluginInner {
             table: ResourceTable::new(),
             memory_cap: self.limits.memory,
             hit_memory_cap: false,
+            body_handed: false,
             plugin: Arc::from(self.name.as_str()),
             body: Bytes::new(),
+            cpu_deadline: Duration::ZERO,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| s);
-        store.set_epoch_deadline(self.start_deadline_ticks());
+        store.epoch_deadline_callback(|store| Ok(store.data().on_deadline()));
+        State::arm(&mut store, self.start_budget());
         let bindings = self
             .pre
             .instantiate(&mut store)
             .map_err(|e| self.start_error(e, store.data().hit_memory_cap))?;
-        store.set_epoch_deadline(self.start_deadline_ticks());
+        State::arm(&mut store, self.start_budget());
         match bindings
             .llamagate_policy_policy()
             .call_init(&mut store, &self.config)
@@ -451,4 +620,16 @@ impl PluginInner {
             other => other,
         }
     }
+}
+
+/// A wasmtime error in one line for clients: the trap's own description
+/// (`wasm trap: wasm `unreachable` instruction executed`), or the innermost
+/// cause, without the backtrace.
+fn one_line(err: &wasmtime::Error) -> String {
+    let text = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => err.root_cause().to_string(),
+    };
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    first.trim().chars().take(300).collect()
 }

@@ -143,11 +143,20 @@ fn replay(
 ) -> Result<(String, String, Verdict), GatewayError> {
     let bad = |m: String| GatewayError::client(http::StatusCode::BAD_REQUEST, m);
     let method = Method::from_bytes(entry.method.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    let classified = classify(&method, &entry.path).map_err(|Rejection::MethodNotAllowed| {
-        GatewayError::client(
+    let (raw_path, query) = match entry.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (entry.path.as_str(), None),
+    };
+    let classified = classify(&method, raw_path, query).map_err(|rejection| match rejection {
+        Rejection::MethodNotAllowed => GatewayError::client(
             http::StatusCode::METHOD_NOT_ALLOWED,
             "405 method not allowed",
-        )
+        ),
+        Rejection::BadPath => bad("invalid URL escape in the request path".into()),
+        Rejection::Redirect { status, location } => GatewayError::client(
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::TEMPORARY_REDIRECT),
+            format!("redirected to {location}"),
+        ),
     })?;
     let mut headers = HeaderMap::new();
     for (name, value) in &entry.headers {
@@ -163,12 +172,13 @@ fn replay(
         id: (index + 1).to_string(),
         classified: &classified,
         method: &method,
-        path: &entry.path,
+        query,
         headers: &headers,
         body: &body,
         client: entry.client.clone(),
+        limits: intake::ViewLimits::default(),
     })?;
-    let outcome = chain.decide(
+    let outcome = chain.decide_blocking(
         intake.view,
         intake.raw_options,
         &fleet.views(),

@@ -5,9 +5,17 @@
 //! edited options, headers). The first `respond` ends the chain. The backend list
 //! of the last plugin that set one wins. A plugin that fails fails the request
 //! (`on_failure = "closed"`, the default) or is skipped (`"open"`).
+//!
+//! On the request path ([`Chain::decide`]) each link first waits for one of its
+//! plugin's call slots (fairly across clients: [`Plugin::admit`]), then runs the
+//! one synchronous plugin call off the async workers ([`off_thread`]); the slot
+//! is held until that call returns. Offline replay uses [`Chain::decide_blocking`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -15,9 +23,29 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use crate::body::render;
 use crate::config::OnFailure;
 use crate::error::GatewayError;
+use crate::gateway::off_thread;
+use crate::log_limit::LogLimiter;
 use crate::plugin::{
-    Backend, Decision, Edits, Header, ListedModel, OptionEntry, Plugin, Reply, Request,
+    Backend, Decision, Edits, Header, ListedModel, OptionEntry, Plugin, PluginError, Reply, Request,
 };
+
+/// One "skipped (on_failure = open)" line per plugin and kind every 10 s.
+static SKIPPED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
+
+/// Logs that a fail-open plugin was skipped, rate-limited per plugin and kind.
+fn log_skipped(err: &PluginError) {
+    let key = format!("{}:{}", err.plugin(), err.kind());
+    crate::warn_limited!(SKIPPED, &key, "{err}; skipped (on_failure = \"open\")");
+}
+
+/// The key a request waits under for a plugin's call slot: the client's IP
+/// (its port changes with every connection), or the whole address text.
+pub fn client_key(client_addr: &str) -> String {
+    match client_addr.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().to_string(),
+        Err(_) => client_addr.to_string(),
+    }
+}
 
 /// One plugin of a chain and what its failure does.
 #[derive(Clone)]
@@ -109,6 +137,21 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The request as it reached the chain: nothing changed yet.
+    fn new(request: Request, raw_options: BTreeMap<String, String>) -> Plan {
+        Plan {
+            request,
+            raw_options,
+            model_changed: false,
+            options_changed: false,
+            keep_alive_changed: false,
+            set_headers: Vec::new(),
+            remove_headers: Vec::new(),
+            backends: None,
+            trace: Vec::new(),
+        }
+    }
+
     /// The top-level body fields to rewrite, as JSON text. `model_field` is the
     /// field that named the model, `None` when the model is not in the body.
     pub fn body_edits(&self, model_field: Option<&'static str>) -> Vec<(&'static str, String)> {
@@ -219,9 +262,46 @@ impl Chain {
         self.links.iter().map(|l| l.plugin.name()).collect()
     }
 
-    /// Runs every plugin's `on-request`. With `trace`, the outcome says what each
-    /// plugin did.
-    pub fn decide(
+    /// Runs every plugin's `on-request`, each call off the async workers once
+    /// a call slot of that plugin is free. With `trace`, the outcome says what
+    /// each plugin did.
+    pub async fn decide(
+        &self,
+        request: Request,
+        raw_options: BTreeMap<String, String>,
+        backends: Arc<[Backend]>,
+        body: Bytes,
+        trace: bool,
+    ) -> Result<Outcome, GatewayError> {
+        let client = client_key(&request.client_addr);
+        let mut plan = Plan::new(request, raw_options);
+        for link in &self.links {
+            let result = match link.plugin.admit(&client).await {
+                Ok(slot) => {
+                    let (plugin, backends, body) =
+                        (link.plugin.clone(), backends.clone(), body.clone());
+                    let (back, result) = off_thread(move || {
+                        let result = plugin.on_request(&plan.request, &backends, &body);
+                        drop(slot);
+                        Ok((plan, result))
+                    })
+                    .await?;
+                    plan = back;
+                    result
+                }
+                Err(busy) => Err(busy),
+            };
+            plan = match step(link, plan, result, trace)? {
+                ControlFlow::Continue(plan) => plan,
+                ControlFlow::Break(outcome) => return Ok(outcome),
+            };
+        }
+        Ok(Outcome::Forward(Box::new(plan)))
+    }
+
+    /// [`Chain::decide`] on the calling thread, without call slots: for offline
+    /// replay and benchmarks.
+    pub fn decide_blocking(
         &self,
         request: Request,
         raw_options: BTreeMap<String, String>,
@@ -229,54 +309,13 @@ impl Chain {
         body: &Bytes,
         trace: bool,
     ) -> Result<Outcome, GatewayError> {
-        let mut plan = Plan {
-            request,
-            raw_options,
-            model_changed: false,
-            options_changed: false,
-            keep_alive_changed: false,
-            set_headers: Vec::new(),
-            remove_headers: Vec::new(),
-            backends: None,
-            trace: Vec::new(),
-        };
+        let mut plan = Plan::new(request, raw_options);
         for link in &self.links {
-            let name = link.plugin.name();
-            let decision = match link.plugin.on_request(&plan.request, backends, body) {
-                Ok(d) => d,
-                Err(err) if link.on_failure == OnFailure::Open => {
-                    tracing::warn!("{err}; skipped (on_failure = \"open\")");
-                    if trace {
-                        plan.trace.push(format!("{name}: failed, skipped"));
-                    }
-                    continue;
-                }
-                Err(err) => return Err(err.into()),
+            let result = link.plugin.on_request(&plan.request, backends, body);
+            plan = match step(link, plan, result, trace)? {
+                ControlFlow::Continue(plan) => plan,
+                ControlFlow::Break(outcome) => return Ok(outcome),
             };
-            match decision {
-                Decision::Respond(reply) => {
-                    if StatusCode::from_u16(reply.status).is_err() || reply.status < 200 {
-                        return Err(GatewayError::PluginAnswer {
-                            plugin: name.to_string(),
-                            message: format!("answered with invalid status {}", reply.status),
-                        });
-                    }
-                    if trace {
-                        plan.trace.push(format!("{name}: respond {}", reply.status));
-                    }
-                    return Ok(Outcome::Respond {
-                        plugin: name.to_string(),
-                        reply,
-                        trace: plan.trace,
-                    });
-                }
-                Decision::Forward(edits) => {
-                    if trace {
-                        plan.trace.push(describe(name, &edits));
-                    }
-                    plan.apply(name, edits)?;
-                }
-            }
         }
         Ok(Outcome::Forward(Box::new(plan)))
     }
@@ -290,13 +329,71 @@ impl Chain {
         for link in &self.links {
             match link.plugin.list_models(request, &models) {
                 Ok(shown) => models = shown,
-                Err(err) if link.on_failure == OnFailure::Open => {
-                    tracing::warn!("{err}; skipped (on_failure = \"open\")");
-                }
+                Err(err) if link.on_failure == OnFailure::Open => log_skipped(&err),
                 Err(err) => return Err(err.into()),
             }
         }
         Ok(models)
+    }
+}
+
+/// Folds one plugin's answer into the plan: go on with the next plugin, or
+/// stop with the outcome.
+fn step(
+    link: &Link,
+    mut plan: Plan,
+    result: Result<Decision, PluginError>,
+    trace: bool,
+) -> Result<ControlFlow<Outcome, Plan>, GatewayError> {
+    let name = link.plugin.name();
+    let decision = match result {
+        Ok(d) => d,
+        Err(err) if link.on_failure == OnFailure::Open => {
+            log_skipped(&err);
+            if trace {
+                plan.trace.push(format!("{name}: failed, skipped"));
+            }
+            return Ok(ControlFlow::Continue(plan));
+        }
+        Err(PluginError::OutOfMemory {
+            plugin,
+            limit,
+            request_bytes,
+        }) if request_bytes >= limit / 4 => {
+            // The request filled the sandbox, not the plugin's own work.
+            return Err(GatewayError::client(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request too large for policy plugin {plugin:?}: {request_bytes} bytes of it                      were handed to a plugin allowed {limit} bytes of memory"
+                ),
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    match decision {
+        Decision::Respond(reply) => {
+            if StatusCode::from_u16(reply.status).is_err() || reply.status < 200 {
+                return Err(GatewayError::PluginAnswer {
+                    plugin: name.to_string(),
+                    message: format!("answered with invalid status {}", reply.status),
+                });
+            }
+            if trace {
+                plan.trace.push(format!("{name}: respond {}", reply.status));
+            }
+            Ok(ControlFlow::Break(Outcome::Respond {
+                plugin: name.to_string(),
+                reply,
+                trace: plan.trace,
+            }))
+        }
+        Decision::Forward(edits) => {
+            if trace {
+                plan.trace.push(describe(name, &edits));
+            }
+            plan.apply(name, edits)?;
+            Ok(ControlFlow::Continue(plan))
+        }
     }
 }
 

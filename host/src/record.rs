@@ -4,9 +4,12 @@
 //! One line per request: `{"time_ms", "method", "path", "client", "headers":
 //! [[name, value]...], "body"}` where `body` is the body's text (or
 //! `body_base64` when it is not UTF-8). The file holds request bodies and
-//! credentials (`authorization` headers): it is created readable by its owner
-//! only. Lines are written by a background thread; when the disk falls behind,
-//! lines are dropped and counted rather than slowing requests down.
+//! credentials (`authorization` headers), so it must be private: it is created
+//! with mode 0600, an existing file is re-moded to 0600, and a file that cannot
+//! be made private — a symlink, not a regular file, or owned by another user
+//! (who could still read it) — stops start-up. Lines are written by a
+//! background thread; when the disk falls behind, lines are dropped and counted
+//! rather than slowing requests down.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -61,15 +64,10 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Opens (appends to) `path`, created with mode 0600.
+    /// Opens (appends to) `path`, made private first (see the module docs).
     pub fn open(path: &Path) -> anyhow::Result<Recorder> {
-        let mut options = std::fs::OpenOptions::new();
-        options.create(true).append(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options
-            .open(path)
-            .with_context(|| format!("opening {} to record requests", path.display()))?;
+        let file = open_private(path)
+            .with_context(|| format!("--record {}: cannot record requests", path.display()))?;
         let (lines, receiver) = sync_channel::<String>(10_000);
         let shown = path.display().to_string();
         std::thread::Builder::new()
@@ -133,6 +131,61 @@ impl Recorder {
             }
         }
     }
+}
+
+/// Opens `path` for appending, readable and writable by llamagate's user only.
+#[cfg(unix)]
+fn open_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    // Checked before opening too: opening a FIFO would block until a reader comes.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            !meta.file_type().is_symlink(),
+            "it is a symbolic link; give the real file's path"
+        );
+        anyhow::ensure!(meta.is_file(), "not a regular file");
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        // The check above and the open are not atomic: refuse a symlink put in between.
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(
+            |e| match e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                true => anyhow::anyhow!("it is a symbolic link; give the real file's path"),
+                false => anyhow::Error::new(e).context("opening it"),
+            },
+        )?;
+    let meta = file.metadata().context("reading its metadata")?;
+    anyhow::ensure!(meta.is_file(), "not a regular file");
+    let me = rustix::process::geteuid().as_raw();
+    anyhow::ensure!(
+        meta.uid() == me,
+        "it belongs to uid {}, not to llamagate's user (uid {me}), who could not make it \
+         private: it holds credentials",
+        meta.uid()
+    );
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("it is mode {mode:o} and cannot be made 0600"))?;
+        tracing::warn!(
+            "--record {}: was mode {mode:o}, readable by others; made 0600 (it holds credentials)",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+/// Opens `path` for appending (no file modes to check off Unix).
+#[cfg(not(unix))]
+fn open_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    Ok(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?)
 }
 
 /// Reads a recording; a bad line is an error naming its number.

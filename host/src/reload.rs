@@ -90,17 +90,23 @@ impl Reloader {
         ok
     }
 
-    /// Reloads on every SIGHUP.
-    pub async fn on_hangup(self: Arc<Self>) {
+    /// Reloads on every SIGHUP. The handler is installed when this is called,
+    /// not when the future first runs: call it before announcing that
+    /// llamagate listens, or an early SIGHUP would end the process (its
+    /// default action). Needs a Tokio runtime.
+    pub fn on_hangup(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send {
         #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                tracing::warn!("cannot listen for SIGHUP; reload by editing the files instead");
-                return;
-            };
-            while hangups.recv().await.is_some() {
-                self.reload("SIGHUP").await;
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        async move {
+            #[cfg(unix)]
+            {
+                let Ok(mut hangups) = hangups else {
+                    tracing::warn!("cannot listen for SIGHUP; reload by editing the files instead");
+                    return;
+                };
+                while hangups.recv().await.is_some() {
+                    self.reload("SIGHUP").await;
+                }
             }
         }
     }

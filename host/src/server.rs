@@ -5,21 +5,32 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
+use crate::client_limits::{
+    shed_response, Activity, BodyDeadline, ClientLimits, ConnectionCap, Expiry, Tracked, Watched,
+};
 use crate::config::{Config, Overrides, PluginSpec};
+use crate::endpoint::ApiStyle;
+use crate::error::error_response;
 use crate::fleet::Fleet;
 use crate::gateway::{Gateway, Generation, Settings};
+use crate::log_limit::LogLimiter;
 use crate::plugin::Runtime;
 use crate::policy::{Chain, Link};
 use crate::record::Recorder;
 use crate::reload::Reloader;
 use crate::upstream::Upstream;
+use crate::ResponseBody;
 
 /// Compiles and starts every plugin of a chain; fails with the plugin's message.
 pub fn load_chain(runtime: &Arc<Runtime>, specs: &[PluginSpec]) -> anyhow::Result<Chain> {
@@ -65,10 +76,12 @@ pub fn build_generation(
         fleet: Arc::new(Fleet::new(&config.connections, previous)?),
         settings: Settings {
             max_body_size: config.max_body_size,
+            view_limits: config.view_limits,
             fanout_timeout: config.fanout_timeout,
             probe_interval: config.probe_interval,
             explain: config.explain,
             status: config.status,
+            admin_key: config.admin_key.clone(),
         },
     })
 }
@@ -102,6 +115,23 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> anyhow::
     let upstream = Upstream::new(config.connect_timeout);
     let gateway = Arc::new(Gateway::new(generation, upstream.clone(), recorder));
 
+    let limits = &config.client_limits;
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_timeout = ?limits.header_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        body_timeout = ?limits.body.timeout,
+        body_min_rate = limits.body.min_rate,
+        "client limits"
+    );
+    // Before "listening" is announced: SIGHUP must reload, not kill, from then on.
+    if let Some(overrides) = reload_from {
+        let reloader = Arc::new(Reloader::new(runtime, gateway.clone(), overrides));
+        tokio::spawn(reloader.clone().on_hangup());
+        if config.watch {
+            tokio::spawn(reloader.watch(config.watched_files.clone()));
+        }
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -112,17 +142,18 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> anyhow::
         "llamagate is listening"
     );
     for (id, url) in &config.connections {
+        let url = crate::config::redact_url(url);
         tracing::info!(backend = %id, %url, "backend");
     }
     tokio::spawn(probe_loop(gateway.clone(), upstream));
-    if let Some(overrides) = reload_from {
-        let reloader = Arc::new(Reloader::new(runtime, gateway.clone(), overrides));
-        tokio::spawn(reloader.clone().on_hangup());
-        if config.watch {
-            tokio::spawn(reloader.watch(config.watched_files.clone()));
-        }
-    }
-    serve(listener, gateway, shutdown, config.shutdown_grace).await
+    serve(
+        listener,
+        gateway,
+        shutdown,
+        config.shutdown_grace,
+        config.client_limits,
+    )
+    .await
 }
 
 /// Probes the current generation's backends on its interval, forever.
@@ -139,52 +170,161 @@ async fn probe_loop(gateway: Arc<Gateway>, upstream: Upstream) {
     }
 }
 
-/// Serves connections from `listener` until `shutdown`, then lets in-flight
-/// requests finish for up to `grace`.
+/// The accept loop's warnings (shed connections, accept errors): one line per
+/// kind every few seconds, with a count of those held back.
+static ACCEPT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(5));
+
+/// Serves connections from `listener` within `limits` until `shutdown`, then
+/// lets in-flight requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
-    grace: std::time::Duration,
+    grace: Duration,
+    limits: ClientLimits,
 ) -> anyhow::Result<()> {
-    let graceful = GracefulShutdown::new();
+    // hyper's own header_read_timeout stays off (no timer is set): it would
+    // also close idle keep-alive connections; `client_limits` explains.
     let builder = auto::Builder::new(TokioExecutor::new());
+    let cap = ConnectionCap::new(limits.max_connections);
+    // Every connection holds a receiver; `closed()` resolves when all are gone.
+    let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off, don't die.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    accept_failed(&e).await;
                     continue;
                 }
             },
             _ = &mut shutdown => break,
         };
+        let Some(slot) = cap.admit(client.ip()) else {
+            shed(stream, &cap);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let service = service_fn(move |request| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request, client).await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
+        let activity = Activity::new();
+        let service = {
+            let (gateway, activity) = (gateway.clone(), activity.clone());
+            service_fn(move |request: Request<Incoming>| {
+                let in_flight = activity.begin(request.version() == Version::HTTP_2);
+                let gateway = gateway.clone();
+                async move {
+                    let response = serve_request(&gateway, request, client, limits).await;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| Tracked::new(body, in_flight)),
+                    )
+                }
+            })
+        };
+        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        let connection = builder.serve_connection(io, service).into_owned();
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let _slot = slot;
+            let mut connection = std::pin::pin!(connection);
+            // Set once the connection was asked to close gracefully (shutdown,
+            // or idle): from then on it ends by itself, or is dropped when it
+            // still has no request in flight an idle_timeout later (an HTTP/2
+            // peer that ignores GOAWAY).
+            let mut closing = false;
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = stopped.wait_for(|stop| *stop), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    expiry = activity.expired(limits.header_timeout, limits.idle_timeout), if !closing => {
+                        if expiry == Expiry::Header {
+                            tracing::debug!(%client, "closing: no complete request headers within header_timeout");
+                            break Ok(());
+                        }
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = tokio::time::sleep(limits.idle_timeout), if closing => {
+                        if activity.in_flight() == 0 {
+                            break Ok(());
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%client, "connection ended: {e}");
             }
         });
     }
+    drop(stopped);
     tracing::info!(?grace, "shutting down: waiting for requests in flight");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = stop.send(true);
+    if tokio::time::timeout(grace, stop.closed()).await.is_err() {
         tracing::warn!("requests still in flight after {grace:?}; closing them");
     }
     Ok(())
+}
+
+/// Serves one request with its body deadline; a request whose body was cut
+/// for arriving too slowly is answered 408 and its connection closed.
+async fn serve_request(
+    gateway: &Gateway,
+    mut request: Request<Incoming>,
+    client: std::net::SocketAddr,
+    limits: ClientLimits,
+) -> Response<ResponseBody> {
+    let deadline = BodyDeadline::new(limits.body);
+    request.extensions_mut().insert(deadline.clone());
+    let version = request.version();
+    let mut response = gateway.handle(request, client).await;
+    if deadline.expired() {
+        if response.status() != StatusCode::REQUEST_TIMEOUT {
+            // A buffered body's 408 comes from the gateway in the client's API
+            // shape; what fails downstream of a cut upload stream (a backend
+            // error) is replaced here. Only blob uploads stream, and they
+            // speak Ollama's API.
+            let message = "request body arrived too slowly (body_timeout, body_min_rate)";
+            response = error_response(ApiStyle::Ollama, StatusCode::REQUEST_TIMEOUT, message);
+        }
+        if version < Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    response
+}
+
+/// Closes a connection over `max_connections` at once, after a best-effort
+/// 503 that does not wait for the socket.
+fn shed(stream: TcpStream, cap: &ConnectionCap) {
+    let _ = stream.try_write(&shed_response());
+    crate::warn_limited!(
+        ACCEPT_LOG,
+        "shed",
+        open = cap.open(),
+        max_connections = cap.max(),
+        "shedding new connections: max_connections reached"
+    );
+}
+
+/// Backs off after a failed `accept` (out of descriptors, mostly) without
+/// flooding the log.
+async fn accept_failed(err: &std::io::Error) {
+    if crate::client_limits::out_of_descriptors(err) {
+        crate::warn_limited!(
+            ACCEPT_LOG,
+            "descriptors",
+            "accept failed: out of file descriptors ({err}); pausing accepts briefly \
+             (raise `ulimit -n`, or lower max_connections)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    } else {
+        crate::warn_limited!(ACCEPT_LOG, "accept", "accept failed: {err}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -651,7 +651,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Si
     } else {
         let req = Req {
             method: parts.method,
-            path: crate::endpoint::percent_decode(parts.uri.path()),
+            path: crate::api::path::decode(parts.uri.path())
+                .map(|p| String::from_utf8_lossy(&p).into_owned())
+                .unwrap_or_else(|_| parts.uri.path().to_string()),
             query: parts.uri.query().map(str::to_string),
             body,
         };

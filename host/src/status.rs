@@ -3,17 +3,126 @@
 //! The plugin chain (and shadow chain) in force, the outcome of the last reload
 //! (with the failing plugin's own message), shadow agreement counts, and each
 //! backend's health, models and requests in flight.
+//!
+//! Who may ask: without an admin key, only clients on a loopback address;
+//! everyone else gets the 404 of an unknown path, so the endpoint is not even
+//! revealed. With an admin key, every caller (loopback too) must send
+//! `Authorization: Bearer KEY`, or gets a 401. The key is kept only as its
+//! SHA-256 digest and compared in constant time. Nothing shown here carries a
+//! secret: backend URLs lose their userinfo, a failed reload names file and line.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use http::StatusCode;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
+use crate::error::text_response;
 use crate::gateway::{json, Gateway};
 use crate::ResponseBody;
 
 /// The status endpoint's path (not an Ollama path, so it cannot collide).
 pub const PATH: &str = "/llamagate/status";
+
+/// The admin key, kept as its SHA-256 digest: the key itself is never stored,
+/// logged or shown (`Debug` prints no part of it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminKey([u8; 32]);
+
+impl AdminKey {
+    /// Checks a configured key: not empty, and sendable in a header (visible
+    /// ASCII, no spaces). The error never contains the key.
+    pub fn new(key: &str) -> anyhow::Result<AdminKey> {
+        anyhow::ensure!(!key.is_empty(), "the admin key is empty");
+        anyhow::ensure!(
+            key.bytes().all(|b| b.is_ascii_graphic()),
+            "the admin key must be visible ASCII without spaces, to be sent as \
+             `Authorization: Bearer KEY`"
+        );
+        Ok(AdminKey(Sha256::digest(key.as_bytes()).into()))
+    }
+
+    /// Whether `presented` is the key, in time independent of where they differ
+    /// (digests of equal length are compared, so the length leaks nothing either).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        self.0.ct_eq(&digest).into()
+    }
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(<redacted>)")
+    }
+}
+
+/// What a caller of the status endpoint gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The status document.
+    Allowed,
+    /// `404 page not found`, as for an unknown path: no key is configured and
+    /// the caller is not on loopback (or the endpoint is off).
+    Hidden,
+    /// 401 with `www-authenticate: Bearer`: a key is configured and the caller
+    /// did not present it.
+    Unauthorized,
+}
+
+/// Decides whether `client`, sending `headers`, may read the status.
+pub fn access(key: Option<&AdminKey>, client: SocketAddr, headers: &HeaderMap) -> Access {
+    match key {
+        None if client.ip().to_canonical().is_loopback() => Access::Allowed,
+        None => Access::Hidden,
+        Some(key) => {
+            let presented = headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .filter_map(|v| bearer(v.as_bytes()))
+                .any(|token| key.matches(token));
+            match presented {
+                true => Access::Allowed,
+                false => Access::Unauthorized,
+            }
+        }
+    }
+}
+
+/// The token of `Bearer TOKEN` (scheme case-insensitive, RFC 9110 §11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Answers `GET /llamagate/status`: the document, or the refusal [`access`] decides.
+pub fn answer(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    client: SocketAddr,
+) -> http::Response<ResponseBody> {
+    let generation = gateway.current();
+    let settings = &generation.settings;
+    let decided = match settings.status {
+        true => access(settings.admin_key.as_ref(), client, headers),
+        false => Access::Hidden,
+    };
+    match decided {
+        Access::Allowed => response(gateway),
+        Access::Hidden => text_response(StatusCode::NOT_FOUND, "404 page not found"),
+        Access::Unauthorized => {
+            let mut refused = text_response(StatusCode::UNAUTHORIZED, "401 unauthorized");
+            refused
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            refused
+        }
+    }
+}
 
 /// The status document.
 pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
@@ -51,4 +160,82 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
         "backends": backends,
     });
     json(StatusCode::OK, &body, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(authorization: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in authorization {
+            h.append(header::AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn without_a_key_only_loopback_callers_see_status() {
+        let none = headers(&[]);
+        for client in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            assert_eq!(
+                access(None, client.parse().unwrap(), &none),
+                Access::Allowed,
+                "{client}"
+            );
+        }
+        for client in [
+            "10.0.0.7:5000",
+            "192.168.1.2:1",
+            "[2001:db8::1]:5000",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            assert_eq!(
+                access(None, client.parse().unwrap(), &none),
+                Access::Hidden,
+                "{client}"
+            );
+        }
+        // A header does not help when no key is configured.
+        let sent = headers(&["Bearer anything"]);
+        assert_eq!(
+            access(None, "10.0.0.7:5000".parse().unwrap(), &sent),
+            Access::Hidden
+        );
+    }
+
+    #[test]
+    fn with_a_key_every_caller_must_present_it() {
+        let key = AdminKey::new("s3cret-admin").unwrap();
+        let remote: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        for (sent, want) in [
+            (vec![], Access::Unauthorized),
+            (vec!["Bearer wrong"], Access::Unauthorized),
+            (vec!["Bearer s3cret-admi"], Access::Unauthorized),
+            (vec!["Basic s3cret-admin"], Access::Unauthorized),
+            (vec!["s3cret-admin"], Access::Unauthorized),
+            (vec!["Bearer "], Access::Unauthorized),
+            (vec!["Bearer s3cret-admin"], Access::Allowed),
+            (vec!["bearer  s3cret-admin "], Access::Allowed),
+            (vec!["Bearer wrong", "Bearer s3cret-admin"], Access::Allowed),
+        ] {
+            for client in [remote, local] {
+                assert_eq!(
+                    access(Some(&key), client, &headers(&sent)),
+                    want,
+                    "{sent:?} from {client}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_key_is_never_printed() {
+        let key = AdminKey::new("s3cret-admin").unwrap();
+        assert!(!format!("{key:?}").contains("s3cret"));
+        let err = AdminKey::new("has space s3cret").unwrap_err();
+        assert!(!format!("{err:#}").contains("s3cret"), "{err:#}");
+        assert!(AdminKey::new("").is_err());
+    }
 }

@@ -65,6 +65,12 @@ impl Upstream {
                 out.append(name, value.clone());
             }
         }
+        if let Some(authorization) = backend.authorization() {
+            // Credentials in the backend's URL are the operator's way in (nginx
+            // with basic auth in front of Ollama): they replace the client's
+            // `Authorization`, which was meant for llamagate's plugins.
+            out.insert(header::AUTHORIZATION, authorization.clone());
+        }
         if let Some(len) = headers.get(header::CONTENT_LENGTH) {
             // Only a streamed body keeps the client's length; buffered bodies
             // get theirs from the body itself.

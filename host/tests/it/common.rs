@@ -95,8 +95,33 @@ impl Proxy {
         Self::try_start_with_env(args, &[])
     }
 
+    /// Starts llamagate as the last word of `prefix` (`["prlimit",
+    /// "--nofile=128:128", "--"]`): a command that execs it, so that the
+    /// process killed on drop is llamagate itself.
+    pub fn start_under(prefix: &[&str], args: &[&str]) -> Proxy {
+        Self::try_start_under(prefix, args, &[])
+            .unwrap_or_else(|logs| panic!("llamagate did not start:\n{logs}"))
+    }
+
     fn try_start_with_env(args: &[&str], env: &[(&str, String)]) -> Result<Proxy, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_llamagate"))
+        Self::try_start_under(&[], args, env)
+    }
+
+    fn try_start_under(
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<Proxy, String> {
+        let binary = env!("CARGO_BIN_EXE_llamagate");
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["--listen", "127.0.0.1:0", "--level", "info"])

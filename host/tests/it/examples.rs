@@ -186,6 +186,55 @@ async fn ctx_placement_refuses_a_bad_config_at_start_up() {
 }
 
 #[tokio::test]
+async fn team_access_refuses_a_malformed_hash_without_quoting_it() {
+    // One hex digit short: a hash pasted incompletely.
+    let short = "sha256:a4a6d307ad00fa67176e1099fdbc4f4a09bb527a7f24718a5030f2f173d11f7";
+    let path = write_temp(
+        "llamagate.toml",
+        &format!(
+            "[connections]\ngpu = \"http://127.0.0.1:9\"\n[[plugins]]\npath = \"{}\"\n\
+             config = {{ tokens = {{ \"{short}\" = \"web\" }}, teams = {{ web = [\"*\"] }} }}\n",
+            component("team-access").display()
+        ),
+    );
+    let logs = Proxy::try_start(&["--config", path.to_str().unwrap()])
+        .err()
+        .expect("must not start");
+    assert!(
+        logs.contains("entry for team \"web\"") && logs.contains("64 hex digits"),
+        "{logs}"
+    );
+    assert!(!logs.contains("a4a6d307"), "the hash is not quoted: {logs}");
+}
+
+#[tokio::test]
+async fn team_access_still_takes_plaintext_tokens_with_a_warning() {
+    let gpu = backend(&["llama3.2"]).await;
+    let proxy = start(
+        "",
+        &[("gpu", &gpu)],
+        r#"models = { "llama3.2" = "gpu" }"#,
+        "team-access",
+        r#"{ tokens = { "sk-plain" = "web" }, teams = { "web" = ["*"] } }"#,
+    );
+    let chat_as = |token: &'static str| {
+        let url = format!("{}/api/chat", proxy.url);
+        async move {
+            let auth = format!("Bearer {token}");
+            post_with(&url, &[("authorization", &auth)], &chat("llama3.2", false)).await
+        }
+    };
+    assert_eq!(chat_as("sk-plain").await.status, 200);
+    assert_eq!(chat_as("sk-plaim").await.status, 401);
+    let logs = proxy.logs();
+    assert!(logs.contains("written in plain text"), "{logs}");
+    assert!(
+        !logs.contains("sk-plain"),
+        "the token is not logged: {logs}"
+    );
+}
+
+#[tokio::test]
 async fn team_access_checks_tokens_and_models_and_filters_listings() {
     let gpu = backend(&["llama3.2", "qwen2.5:14b"]).await;
     let proxy = start(
@@ -193,19 +242,33 @@ async fn team_access_checks_tokens_and_models_and_filters_listings() {
         &[("gpu", &gpu)],
         r#"models = { "llama3.2" = "gpu", "qwen2.5:14b" = "gpu" }"#,
         "team-access",
-        r#"{ tokens = { "sk-a" = "team-a", "sk-root" = "admins" }, teams = { "team-a" = ["llama3.2"], "admins" = ["*"] } }"#,
+        // The tokens as the README says to write them: `printf %s sk-a | sha256sum`
+        // (sk-root's in upper case: either works).
+        r#"{ tokens = { "sha256:a4a6d307ad00fa67176e1099fdbc4f4a09bb527a7f24718a5030f2f173d11f7f" = "team-a", "sha256:8649DC2ABF84574467821D2B401F14B2A47BDBA971A08FB753F871FE836CE048" = "admins" }, teams = { "team-a" = ["llama3.2"], "admins" = ["*"] } }"#,
     );
     let url = |path: &str| format!("{}{path}", proxy.url);
     let as_a = [("authorization", "Bearer sk-a")];
     let as_root = [("authorization", "Bearer sk-root")];
 
-    // No token, or an unknown one: 401 with a challenge, in Ollama's error shape.
-    for headers in [&[][..], &[("authorization", "Bearer sk-nope")][..]] {
+    // No token, an unknown one, one a character off a real one (`sk-b`, `sk-roop`),
+    // or the configured hash itself: 401 with a challenge, in Ollama's error shape.
+    let hash = "Bearer sha256:a4a6d307ad00fa67176e1099fdbc4f4a09bb527a7f24718a5030f2f173d11f7f";
+    for headers in [
+        &[][..],
+        &[("authorization", "Bearer sk-nope")][..],
+        &[("authorization", "Bearer sk-b")][..],
+        &[("authorization", "Bearer sk-roop")][..],
+        &[("authorization", hash)][..],
+    ] {
         let r = post_with(&url("/api/chat"), headers, &chat("llama3.2", false)).await;
         assert_eq!(r.status, 401, "{headers:?}: {}", r.text());
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
         assert!(r.json()["error"].as_str().unwrap().contains("bearer token"));
     }
+    assert!(
+        take_posts(&gpu).is_empty(),
+        "refused requests reach no backend"
+    );
     assert_eq!(
         send(Method::GET, &url("/api/tags"), &[], "").await.status,
         401
@@ -265,4 +328,52 @@ async fn team_access_checks_tokens_and_models_and_filters_listings() {
     assert_eq!(all, ["llama3.2:latest", "qwen2.5:14b"]);
     let models = send(Method::GET, &url("/v1/models"), &as_a, "").await;
     assert_eq!(listed(models, "data", "id"), ["llama3.2:latest"]);
+}
+
+/// The attacks of issue 6 against team-access, each now refused or harmless:
+/// an encoded delete path, a case-variant `Model`, a pin to another server,
+/// an endpoint llamagate does not know. The "web" key may use only llama3.2.
+#[tokio::test]
+async fn team_access_cannot_be_walked_around() {
+    let gpu = backend(&["llama3.2", "llama3.3:70b"]).await;
+    let other = backend(&["llama3.2", "llama3.3:70b"]).await;
+    let proxy = start(
+        "",
+        &[("gpu", &gpu), ("other", &other)],
+        r#"models = { "llama3.2" = "gpu", "llama3.3:70b" = "gpu" }"#,
+        "team-access",
+        // sk-a belongs to "web".
+        r#"{ tokens = { "sha256:a4a6d307ad00fa67176e1099fdbc4f4a09bb527a7f24718a5030f2f173d11f7f" = "web" }, teams = { "web" = ["llama3.2"] } }"#,
+    );
+    let web = [("authorization", "Bearer sk-a")];
+    let url = |p: &str| format!("{}{p}", proxy.url);
+    let r = send(
+        http::Method::DELETE,
+        &url("/api/%64elete"),
+        &web,
+        r#"{"name":"llama3.3:70b"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = send(
+        http::Method::POST,
+        &url("/api/chat"),
+        &web,
+        r#"{"model":"llama3.2","Model":"llama3.3:70b","messages":[],"stream":false}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let pinned = [
+        ("authorization", "Bearer sk-a"),
+        ("x-llamagate-backend", "other"),
+    ];
+    let r = post_with(&url("/api/chat"), &pinned, &chat("llama3.2", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_with(&url("/api/signout"), &web, &serde_json::json!({})).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let posts = take_posts(&gpu);
+    assert_eq!(posts.len(), 1, "only the allowed chat: {posts:?}");
+    assert_eq!(posts[0].json()["model"], "llama3.2");
+    assert!(other.take_requests().iter().all(|r| r.method == "GET"));
+    assert!(gpu.requests().iter().all(|r| r.method != "DELETE"));
 }

@@ -3,13 +3,17 @@
 
 mod common;
 
+mod bypass;
+mod client_limits;
 mod clients;
 mod config;
 mod errors;
 mod examples;
 mod fanout;
+mod flood;
 mod plugins;
 mod python_example;
 mod reload;
 mod routing;
+mod secrets;
 mod streaming;

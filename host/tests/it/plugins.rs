@@ -29,6 +29,10 @@ async fn hostile_fleet(toml_extra: &str) -> (SimHandle, Proxy) {
     (a, proxy)
 }
 
+/// What a client is told when the hostile plugin traps: one line, no backtrace.
+const TRAPPED: &str = "llamagate policy error: plugin \"hostile\" trapped: \
+                       wasm trap: wasm `unreachable` instruction executed";
+
 async fn chat(proxy: &Proxy, behaviour: &str) -> Reply {
     post_with(
         &format!("{}/api/chat", proxy.url),
@@ -42,22 +46,54 @@ async fn chat(proxy: &Proxy, behaviour: &str) -> Reply {
 async fn trap_loop_and_memory_hog_each_cost_one_request() {
     let (_a, mut proxy) = hostile_fleet("").await;
     for (behaviour, expect) in [
-        ("trap", "failed"),
-        ("loop", "time limit"),
-        ("oom", "memory limit"),
-        ("trap", "failed"),
+        ("trap", TRAPPED),
+        ("loop", "llamagate policy error: plugin \"hostile\" exceeded its time limit of 250ms (CPU time)"),
+        ("oom", "llamagate policy error: plugin \"hostile\" exceeded its memory limit of 33554432 bytes"),
+        ("trap", TRAPPED),
     ] {
         let r = chat(&proxy, behaviour).await;
         assert_eq!(r.status, 500, "{behaviour}: {}", r.text());
         let message = r.json()["error"].as_str().unwrap().to_string();
-        assert!(
-            message.contains("\"hostile\"") && message.contains(expect),
-            "{behaviour}: {message}"
-        );
+        assert_eq!(message, expect, "{behaviour}");
         let ok = chat(&proxy, "none").await;
         assert_eq!(ok.status, 200, "request after {behaviour}: {}", ok.text());
         assert!(proxy.alive());
     }
+}
+
+#[tokio::test]
+async fn a_trap_is_one_line_for_the_client_and_a_few_for_the_log() {
+    let (_a, proxy) = hostile_fleet("").await;
+    let n = 30;
+    for _ in 0..n {
+        let r = chat(&proxy, "trap").await;
+        assert_eq!(r.status, 500);
+        let message = r.json()["error"].as_str().unwrap().to_string();
+        assert_eq!(message, TRAPPED);
+        let r = post_with(
+            &format!("{}/v1/chat/completions", proxy.url),
+            &[("x-hostile", "trap")],
+            &json!({"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}),
+        )
+        .await;
+        assert_eq!(r.status, 500);
+        assert_eq!(r.json()["error"]["message"], TRAPPED, "OpenAI shape too");
+    }
+    assert_eq!(chat(&proxy, "none").await.status, 200);
+    let logs = proxy.logs();
+    let lines = logs.lines().filter(|l| l.contains("trapped")).count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{n} traps must not log {n} lines, got {lines}:\n{logs}"
+    );
+    assert!(
+        !logs.contains("backtrace"),
+        "no backtrace at info level:\n{logs}"
+    );
+    assert!(
+        !logs.contains("asked to trap"),
+        "guest stderr goes nowhere:\n{logs}"
+    );
 }
 
 #[tokio::test]
@@ -378,4 +414,27 @@ async fn recorded_traffic_replays_through_a_new_plugin() {
         out.contains("4 requests: 2 forwarded, 1 answered by the policy, 1 not found, 0 errors"),
         "{out}"
     );
+}
+
+/// A plugin that runs out of memory because the request is huge (it asked for
+/// the body) costs the client a 413, not a 500; a plugin that runs out of
+/// memory on its own stays a 500.
+#[tokio::test]
+async fn a_request_too_large_for_the_sandbox_is_the_clients_413() {
+    let (_a, proxy) = hostile_fleet("").await;
+    let prompt = "x".repeat(40 << 20);
+    let r = post_with(
+        &format!("{}/api/generate", proxy.url),
+        &[("x-hostile", "body-size")],
+        &json!({"model":"llama3.2","prompt":prompt,"stream":false}),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.text().contains("request too large for policy plugin"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(chat(&proxy, "oom").await.status, 500);
+    assert_eq!(chat(&proxy, "body-size").await.status, 200);
 }

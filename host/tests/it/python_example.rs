@@ -127,7 +127,11 @@ fn python_component(componentize_py: &Path) -> PathBuf {
         .clone()
 }
 
-const TEAMS: &str = r#"{ tokens = { "sk-a" = "team-a", "sk-root" = "admins" }, teams = { "team-a" = ["llama3.2", "qwen2.5:14b"], "admins" = ["*"] } }"#;
+/// The tokens `sk-a` and `sk-root`, written as the README says: `printf %s sk-a | sha256sum`.
+const TEAMS: &str = r#"{ tokens = { "sha256:a4a6d307ad00fa67176e1099fdbc4f4a09bb527a7f24718a5030f2f173d11f7f" = "team-a", "sha256:8649dc2abf84574467821d2b401f14b2a47bdba971a08fb753f871fe836ce048" = "admins" }, teams = { "team-a" = ["llama3.2", "qwen2.5:14b"], "admins" = ["*"] } }"#;
+/// `sk-root`'s hash, and `sk-new`'s, for the reload that swaps one token for another.
+const ROOT_HASH: &str = "8649dc2abf84574467821d2b401f14b2a47bdba971a08fb753f871fe836ce048";
+const NEW_HASH: &str = "8da9a7efee51ce8615fe40f891bb33ed0da172afab224ae4c3f434dedbdfcfe3";
 
 fn config(a: &SimHandle, b: &SimHandle, wasm: &Path, plugin_config: &str) -> String {
     format!(
@@ -210,11 +214,16 @@ async fn python_plugin_authenticates_authorizes_and_filters_per_team() {
     let team_a = [("authorization", "Bearer sk-a"), ("x-trace", "t-1")];
     let admin = [("authorization", "Bearer sk-root")];
 
-    // No token, a foreign scheme, an unknown token: 401 with a Bearer challenge.
+    // No token, a foreign scheme, an unknown token, one a character off a real
+    // one, the configured hash itself: 401 with a Bearer challenge.
+    let hash = format!("Bearer sha256:{ROOT_HASH}");
     for headers in [
         &[][..],
         &[("authorization", "Basic dXNlcjpwdw==")][..],
         &[("authorization", "Bearer sk-nope")][..],
+        &[("authorization", "Bearer sk-b")][..],
+        &[("authorization", "Bearer sk-roop")][..],
+        &[("authorization", hash.as_str())][..],
     ] {
         let r = post_with(&url("/api/chat"), headers, &chat("llama3.2")).await;
         assert_eq!(r.status, 401, "{headers:?}: {}", r.text());
@@ -327,7 +336,8 @@ async fn python_plugin_authenticates_authorizes_and_filters_per_team() {
     let r = post_with(&url("/api/chat"), &team_a, &chat("llama3.2")).await;
     assert_eq!(r.status, 200, "the old policy still serves: {}", r.text());
 
-    let with_new_token = TEAMS.replace(r#""sk-root" = "admins""#, r#""sk-new" = "admins""#);
+    let with_new_token = TEAMS.replace(ROOT_HASH, NEW_HASH);
+    assert_ne!(with_new_token, TEAMS);
     std::fs::write(&config_path, config(&a, &b, &wasm, &with_new_token)).unwrap();
     let status = wait_for_status(&status_url, |s| s["generation"] == 2).await;
     assert_eq!(status["last_reload"]["ok"], true, "{status}");

@@ -8,7 +8,9 @@
 //! - listings restricted to the configured models unless `list_all`;
 //! - `num_ctx` and `keep_alive`: defaults (set when missing), enforced values
 //!   (always set) and a `num_ctx` ceiling, globally and per model;
-//! - an optional header that pins a request to one backend (`x-llamagate-backend`).
+//! - an optional header that pins a blob upload, a create or a pull to one
+//!   backend (`x-llamagate-backend`); other requests are routed by the map
+//!   whatever the header says, and the header never reaches a backend.
 //!
 //! Replicas are ordered healthy first, then those with the model loaded, then
 //! by fewest requests in flight.
@@ -72,9 +74,19 @@ mod guest {
 
     fn decide(config: &Config, req: &Request, backends: &[Backend]) -> Edits {
         let mut edits = Edits::none();
-        if let Some(id) = config.pinned_backend(req.header(&config.backend_header)) {
-            if backends.iter().any(|b| b.id == id) {
-                edits.backends = Some(vec![id.to_string()]);
+        let pin = req.header(&config.backend_header);
+        if pin.is_some() {
+            // The header is llamagate's, never the backend's.
+            edits.remove_headers.push(config.backend_header.clone());
+        }
+        // Only requests that place new data on a server may choose it: the
+        // blobs of a create, the create, a pull. Everything else is routed by
+        // the operator's model map, whatever the client asks.
+        if pins(req.endpoint) {
+            if let Some(id) = config.pinned_backend(pin) {
+                if backends.iter().any(|b| b.id == id) {
+                    edits.backends = Some(vec![id.to_string()]);
+                }
             }
         }
         let Some(model) = req.model.as_deref() else {
@@ -148,6 +160,14 @@ mod guest {
         matches!(
             endpoint,
             Endpoint::Generate | Endpoint::Chat | Endpoint::Embed | Endpoint::Embeddings
+        )
+    }
+
+    /// Endpoints the backend header may pin.
+    fn pins(endpoint: Endpoint) -> bool {
+        matches!(
+            endpoint,
+            Endpoint::Blobs | Endpoint::Create | Endpoint::Pull
         )
     }
 
