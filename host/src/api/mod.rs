@@ -8,6 +8,10 @@
 //! way **before any plugin runs**, and where a reading could be ambiguous it
 //! refuses the request with a 400 instead of guessing.
 //!
+//! Besides the tests named below, `props` checks the path classifier and the
+//! field reader against small independent models of Go's rules (proptest):
+//! whenever llamagate accepts a request, it reads it as the model does.
+//!
 //! | Ollama's rule | llamagate | test |
 //! |---|---|---|
 //! | `net/http` routes on the percent-decoded path (`/api/%64elete` is `/api/delete`, `/api%2Fcopy` is `/api/copy`) | [`path::decode`] before classifying; the backend gets the canonical encoding of the decoded path | `path::tests::decodes_like_go`, `it::bypass::encoded_paths_are_classified_as_ollama_routes_them` |
@@ -20,7 +24,7 @@
 //! | `encoding/json`: when several keys match one field, the last one wins (strings ignore a later `null`; maps merge) | a body in which a field llamagate reads is given more than once, in any spelling, is refused with 400 — there is never a second reading | `json::tests::duplicates_and_case_variants_are_ambiguous`, `it::bypass::case_variant_model_is_refused` |
 //! | a future `encoding/json/v2` matches names ignoring `_` and `-` too | a key that would match only that way (`keepAlive`, `keep-alive`) is refused as well | `json::tests::near_misses_are_ambiguous` |
 //! | only the first JSON value is read; trailing bytes are ignored | same | `body::tests::peeks_fields_and_ignores_trailing_bytes` |
-//! | `options` is a `map[string]any`: exact keys, the last duplicate wins; runner options are applied by exact name | same; at most `max_options` keys | `body::tests::options_last_duplicate_wins`, `it::bypass::too_many_options_is_a_400` |
+//! | `options` is a `map[string]any`: exact keys, the last duplicate wins; runner options are applied by exact name | same; at most `max_options` keys | `body::tests::options_last_duplicate_wins`, `it::bypass::too_many_options_is_a_400_and_costs_little` |
 //! | the struct decides which keys are fields: `name` exists only on show, pull, push, create and delete; `model` wins over `name` when both are non-empty | [`crate::endpoint`]'s table lists the fields per endpoint | `it::bypass::legacy_name_only_where_ollama_reads_it` |
 //! | a field of the wrong type is a 400 (`json: cannot unmarshal number into ... of type string`) | same | `body::tests::errors` |
 //! | `/v1/audio/transcriptions` takes `model` with `FormValue`: the URL query first, then multipart parts (RFC 2231 names, quoted-printable parts, bare-LF delimiters) | the model is read from the one plain `name="model"` part; a query naming a model, a second candidate part or any unusual encoding is refused with 400 | `form::tests::refuses_every_other_reading`, `it::bypass::transcriptions_are_judged_on_their_form_model` |
