@@ -303,6 +303,23 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+        // Fields plugins do not see must still read one way: a copy's target,
+        // a create's base model.
+        for (endpoint, body) in [
+            (
+                Endpoint::Copy,
+                &br#"{"source":"a","destination":"b","Destination":"c"}"#[..],
+            ),
+            (Endpoint::Create, br#"{"model":"x","from":"a","FROM":"b"}"#),
+        ] {
+            assert!(
+                matches!(
+                    peek(body, Row::of(endpoint), 8),
+                    Err(BodyError::Ambiguous(_))
+                ),
+                "{endpoint:?}"
+            );
+        }
         // Fields the endpoint's struct lacks are not read, so not ambiguous.
         assert!(peek(
             br#"{"model":"a","Stream":1,"stream":2}"#,

@@ -8,6 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{parse_pair, parse_pairs, Overrides};
 
 /// llamagate: one Ollama endpoint for a fleet of Ollama servers.
+///
+/// The gateway's flags belong to the command without a subcommand; each
+/// subcommand's help lists only the flags it uses (`--level` is everywhere).
+/// For compatibility, `--listen` and `--config` before a subcommand's name
+/// still reach `demo`, `sim` and `plugin test`.
 #[derive(Debug, Parser)]
 #[command(name = "llamagate", version, about, long_about = None)]
 pub struct Cli {
@@ -47,6 +52,9 @@ pub enum PluginCommand {
     Test {
         /// The plugin component.
         file: PathBuf,
+        /// The gateway's config file (llamagate.toml), for its chain and backends.
+        #[arg(long, short = 'c', env = "LLAMAGATE_CONFIG")]
+        config: Option<PathBuf>,
         /// Requests recorded with `llamagate --record FILE` (JSON lines).
         #[arg(long)]
         requests: PathBuf,
@@ -63,10 +71,10 @@ pub enum PluginCommand {
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
     /// Config file (llamagate.toml).
-    #[arg(long, short = 'c', env = "LLAMAGATE_CONFIG", global = true)]
+    #[arg(long, short = 'c', env = "LLAMAGATE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 0.0.0.0:11434]. Env: LLAMAGATE_LISTEN, GOLLAMAS_LISTEN.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub listen: Option<String>,
     /// Route a model to a backend: MODEL=URL or MODEL=CONNECTION_ID (repeatable).
     #[arg(long = "proxy", value_name = "MODEL=DEST")]
@@ -102,18 +110,27 @@ pub struct ServeArgs {
     /// as JSON lines, for `llamagate plugin test`.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
-    /// Log level or filter (error, warn, info, debug, trace). Env: LLAMAGATE_LOG, GOLLAMAS_LEVEL.
+    /// Log level (error, warn, info, debug, trace: llamagate's own lines; libraries
+    /// stay at warn) or a filter (`llamagate=debug,hyper=debug`).
+    /// Env: LLAMAGATE_LOG, GOLLAMAS_LEVEL.
     #[arg(long, global = true)]
     pub level: Option<String>,
 }
 
 /// Options of `llamagate demo`.
 #[derive(Debug, Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Address the demo's llamagate listens on [default: 127.0.0.1:11434].
+    #[arg(long)]
+    pub listen: Option<String>,
+}
 
 /// Options of `llamagate sim`.
 #[derive(Debug, Args)]
 pub struct SimArgs {
+    /// Address to listen on [default: 127.0.0.1:11435].
+    #[arg(long)]
+    pub listen: Option<String>,
     /// Models the simulated server has (repeatable).
     #[arg(long = "model", default_value = "llama3.2")]
     pub models: Vec<String>,
@@ -130,9 +147,15 @@ pub struct SimArgs {
 
 /// An environment variable, trying llamagate's name and then gollamas'.
 fn env(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+    env_named(names).map(|(_, value)| value)
+}
+
+/// Like [`env`], also saying which of the names was set.
+fn env_named<'a>(names: &[&'a str]) -> Option<(&'a str, String)> {
+    names.iter().find_map(|n| {
+        let value = std::env::var(n).ok().filter(|v| !v.trim().is_empty())?;
+        Some((*n, value))
+    })
 }
 
 fn truthy(value: &str) -> bool {
@@ -142,13 +165,40 @@ fn truthy(value: &str) -> bool {
     )
 }
 
+/// The crates whose lines a bare level is about: llamagate's own
+/// (`llamagate`, `llamagate_sdk`, `llamagate_sim`; a filter's target matches by prefix).
+const OWN_TARGETS: &str = "llamagate";
+
+/// An `EnvFilter` directive string for `--level`. A bare level (`debug`, or
+/// gollamas' `warning`, `fatal`) sets llamagate's own lines to it and keeps
+/// every dependency at `warn` (or quieter, for `error` and `off`), so `debug`
+/// is not 30,000 lines of Cranelift; anything else is a filter, used as given.
+pub fn expand_level(text: &str) -> String {
+    use tracing_subscriber::filter::LevelFilter;
+    let text = text.trim();
+    let named = match text.to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_string(),
+        "fatal" | "panic" => "error".to_string(),
+        other => other.to_string(),
+    };
+    match named.parse::<LevelFilter>() {
+        Ok(level) if !named.is_empty() => {
+            let dependencies = level.min(LevelFilter::WARN);
+            format!("{dependencies},{OWN_TARGETS}={level}").to_ascii_lowercase()
+        }
+        _ => text.to_string(),
+    }
+}
+
 impl ServeArgs {
-    /// The log filter to use.
+    /// The log filter to use (see [`expand_level`]).
     pub fn log_filter(&self) -> String {
-        self.level
+        let given = self
+            .level
             .clone()
             .or_else(|| env(&["LLAMAGATE_LOG", "GOLLAMAS_LEVEL"]))
-            .unwrap_or_else(|| "info".into())
+            .unwrap_or_else(|| "info".into());
+        expand_level(&given)
     }
 
     /// Flags and environment, as config overrides. Flags win over environment.
@@ -170,33 +220,49 @@ impl ServeArgs {
         let lists = [
             (
                 &self.connections,
+                "--connections",
                 &self.connection,
                 ["LLAMAGATE_CONNECTIONS", "GOLLAMAS_CONNECTIONS"],
                 "--connection",
+                Same::Exactly,
                 &mut o.connections,
             ),
             (
                 &self.proxies,
+                "--proxies",
                 &self.proxy,
                 ["LLAMAGATE_PROXIES", "GOLLAMAS_PROXIES"],
                 "--proxy",
+                Same::AsModel,
                 &mut o.proxies,
             ),
             (
                 &self.aliases,
+                "--aliases",
                 &self.alias,
                 ["LLAMAGATE_ALIASES", "GOLLAMAS_ALIASES"],
                 "--alias",
+                Same::AsModel,
                 &mut o.aliases,
             ),
         ];
-        for (plural, singular, env_names, what, out) in lists {
-            if let Some(text) = plural.clone().or_else(|| env(&env_names)) {
-                out.extend(parse_pairs(&text, what)?);
+        for (plural, plural_flag, singular, env_names, what, same, out) in lists {
+            let mut given: Vec<(String, String, &str)> = Vec::new();
+            let list = match plural {
+                Some(text) => Some((plural_flag, text.clone())),
+                None => env_named(&env_names),
+            };
+            if let Some((source, text)) = list {
+                for (key, value) in parse_pairs(&text, what)? {
+                    given.push((key, value, source));
+                }
             }
             for pair in singular {
-                out.push(parse_pair(pair, what)?);
+                let (key, value) = parse_pair(pair, what)?;
+                given.push((key, value, what));
             }
+            refuse_conflicts(&given, same, what)?;
+            out.extend(given.into_iter().map(|(k, v, _)| (k, v)));
         }
         if o.plugins.is_empty() {
             if let Some(list) = env(&["LLAMAGATE_PLUGINS"]) {
@@ -205,6 +271,47 @@ impl ServeArgs {
         }
         Ok(o)
     }
+}
+
+/// How two keys of a flag list are the same key.
+#[derive(Clone, Copy)]
+enum Same {
+    /// Byte for byte (connection ids).
+    Exactly,
+    /// As Ollama compares model names (`llama3.2` = `llama3.2:latest`).
+    AsModel,
+}
+
+/// Refuses a key given twice with different values (`--proxy a=URL1 --proxy
+/// a=URL2`), naming both and where each came from: silently keeping the last
+/// would route somewhere the operator did not mean. The same value twice is fine.
+fn refuse_conflicts(
+    given: &[(String, String, &str)],
+    same: Same,
+    what: &str,
+) -> anyhow::Result<()> {
+    for (i, (key, value, source)) in given.iter().enumerate() {
+        let earlier = given[..i].iter().find(|(k, v, _)| {
+            let same_key = match same {
+                Same::Exactly => k == key,
+                Same::AsModel => llamagate_sdk::names::same(k, key),
+            };
+            same_key && v.trim_end_matches('/') != value.trim_end_matches('/')
+        });
+        if let Some((first_key, first_value, first_source)) = earlier {
+            let hint = match what {
+                "--proxy" => " (replicas of a model go in a list in [policy.models])",
+                _ => "",
+            };
+            anyhow::bail!(
+                "{what}: {key:?} is given twice, as {first_key}={:?} ({first_source}) and as \
+                 {key}={:?} ({source}); give it once{hint}",
+                crate::config::redact_url(first_value),
+                crate::config::redact_url(value),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -233,6 +340,71 @@ mod tests {
         );
         assert_eq!(o.aliases, vec![("gpt-4o".into(), "llama3.2".into())]);
         assert!(o.list_aliases);
+    }
+
+    #[test]
+    fn a_bare_level_is_about_llamagate_alone() {
+        assert_eq!(expand_level("debug"), "warn,llamagate=debug");
+        assert_eq!(expand_level(" TRACE "), "warn,llamagate=trace");
+        assert_eq!(expand_level("info"), "warn,llamagate=info");
+        assert_eq!(expand_level("error"), "error,llamagate=error");
+        assert_eq!(expand_level("warning"), "warn,llamagate=warn");
+        assert_eq!(expand_level("off"), "off,llamagate=off");
+        for filter in [
+            "wasmtime=debug,llamagate=debug",
+            "llamagate=debug",
+            "debug,hyper=info",
+        ] {
+            assert_eq!(expand_level(filter), filter);
+        }
+        for filter in ["debug", "info", "wasmtime=debug,llamagate=debug"] {
+            let expanded = expand_level(filter);
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(&expanded).is_ok(),
+                "{expanded}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_with_different_values_is_refused() {
+        let overrides = |args: &[&str]| {
+            let mut all = vec!["llamagate"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().serve.overrides()
+        };
+        let err = overrides(&[
+            "--proxy",
+            "m=http://admin:pw@a:1",
+            "--proxy",
+            "m:latest=http://b:2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("m=\"http://a:1\" (--proxy)")
+                && err.contains("m:latest=\"http://b:2\" (--proxy)"),
+            "{err}"
+        );
+        assert!(!err.contains("pw"), "{err}");
+        let err = overrides(&["--proxies", "m=a", "--proxy", "m=b"]).unwrap_err();
+        assert!(err.to_string().contains("(--proxies)"), "{err}");
+        let err = overrides(&[
+            "--connection",
+            "g=http://a:1",
+            "--connections",
+            "g=http://b:1",
+        ]);
+        assert!(err.is_err());
+        // Connection ids are not model names; the same value twice is fine.
+        assert!(overrides(&[
+            "--connection",
+            "g=http://a:1",
+            "--connection",
+            "G=http://b:1"
+        ])
+        .is_ok());
+        assert!(overrides(&["--proxy", "m=http://a:1", "--proxy", "m=http://a:1/"]).is_ok());
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+pub mod origin;
+
 use crate::client_limits::{BodyPace, ClientLimits};
 use crate::plugin::Limits;
 use crate::status::AdminKey;
@@ -36,6 +38,8 @@ pub struct Config {
     pub fanout_timeout: Duration,
     /// Interval between health and model probes.
     pub probe_interval: Duration,
+    /// How long a merged listing is kept (`listing_cache`); zero: not at all.
+    pub listing_cache: Duration,
     /// Backends, `(id, url)`, in order.
     pub connections: Vec<(String, String)>,
     /// The plugin chain, in order.
@@ -74,6 +78,9 @@ pub struct PluginSpec {
     pub limits: Limits,
     /// What a failure of this plugin does to the request.
     pub on_failure: OnFailure,
+    /// Where its config is in the config file, so that a refusal points at
+    /// the file's line (`None`: the plugin came from `--plugin`).
+    pub config_from: Option<origin::ConfigOrigin>,
 }
 
 /// What happens to a request when a plugin fails (trap, time or memory limit).
@@ -126,8 +133,13 @@ pub struct FileConfig {
     pub fanout_timeout: Option<Text>,
     /// `probe_interval`
     pub probe_interval: Option<Text>,
+    /// `listing_cache`: how long merged listings are kept (`"0"`: off).
+    pub listing_cache: Option<Text>,
     /// `default_policy`: whether the built-in policy runs first (default true).
     pub default_policy: Option<bool>,
+    /// `shadow_default_policy`: whether the built-in policy runs first in the
+    /// shadow chain (default: as in the live chain).
+    pub shadow_default_policy: Option<bool>,
     /// `explain`: add the decision header to responses.
     pub explain: Option<bool>,
     /// `watch`: reload when the config or a plugin file changes (default true).
@@ -252,6 +264,15 @@ impl Config {
             None => (FileConfig::default(), PathBuf::new()),
         };
         let mut config = Config::build(file, &base, overrides)?;
+        if let Some(path) = &overrides.config {
+            // Read again only to find lines; it parsed a moment ago.
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            for spec in config.plugins.iter_mut().chain(&mut config.shadow) {
+                if let Some(origin) = &mut spec.config_from {
+                    origin.resolve(path, &text);
+                }
+            }
+        }
         if let Some(key) = std::env::var_os(ADMIN_KEY_ENV) {
             let key = key
                 .into_string()
@@ -282,8 +303,15 @@ impl Config {
         for entry in from_file.chain(from_flags) {
             let (id, url) = entry?;
             let url = check_url(&url).with_context(|| format!("connections.{id}"))?;
-            match connections.iter_mut().find(|(i, _)| *i == id) {
-                Some(existing) => existing.1 = url,
+            match connections.iter().find(|(i, _)| *i == id) {
+                // The file's and a flag's: one of them would be ignored.
+                Some((_, existing)) if *existing != url => bail!(
+                    "connections.{id}: given twice, as {:?} in [connections] and as {:?} \
+                     by --connection or --connections; give it once",
+                    redact_url(existing),
+                    redact_url(&url)
+                ),
+                Some(_) => {}
                 None => connections.push((id, url)),
             }
         }
@@ -307,7 +335,8 @@ impl Config {
 
         let (mut plugins, builtin_listed) =
             plugin_specs(file.plugins, "plugins", base, &policy_json)?;
-        let (shadow, _) = plugin_specs(file.shadow, "shadow", base, &policy_json)?;
+        let (mut shadow, shadow_builtin_listed) =
+            plugin_specs(file.shadow, "shadow", base, &policy_json)?;
         for path in &overrides.plugins {
             let source = PluginSource::File(path.clone());
             plugins.push(PluginSpec {
@@ -316,20 +345,18 @@ impl Config {
                 config_json: "{}".into(),
                 limits: Limits::default(),
                 on_failure: OnFailure::Closed,
+                config_from: None,
             });
         }
         let default_policy = file.default_policy.unwrap_or(true) && !overrides.no_default_policy;
+        // Like with like: the shadow chain gets the built-in policy in front
+        // as the live chain does, unless told otherwise.
+        let shadow_default_policy = file.shadow_default_policy.unwrap_or(default_policy);
+        if !shadow.is_empty() && shadow_default_policy && !shadow_builtin_listed {
+            shadow.insert(0, builtin_spec(&policy_json));
+        }
         if default_policy && !builtin_listed {
-            plugins.insert(
-                0,
-                PluginSpec {
-                    name: "default-policy".into(),
-                    source: PluginSource::Builtin,
-                    config_json: policy_json,
-                    limits: Limits::default(),
-                    on_failure: OnFailure::Closed,
-                },
-            );
+            plugins.insert(0, builtin_spec(&policy_json));
         }
         if plugins.is_empty() {
             bail!("no policy plugins: the default policy is off and no [[plugins]] are given");
@@ -384,6 +411,7 @@ impl Config {
                 "probe_interval",
                 Duration::from_secs(10),
             )?,
+            listing_cache: duration(file.listing_cache, "listing_cache", Duration::from_secs(1))?,
             connections,
             watched_files: plugins
                 .iter()
@@ -455,6 +483,18 @@ fn client_limits(
     })
 }
 
+/// The built-in policy with `[policy]` as its config, as a chain's first link.
+fn builtin_spec(policy_json: &str) -> PluginSpec {
+    PluginSpec {
+        name: "default-policy".into(),
+        source: PluginSource::Builtin,
+        config_json: policy_json.to_string(),
+        limits: Limits::default(),
+        on_failure: OnFailure::Closed,
+        config_from: Some(origin::ConfigOrigin::table(&["policy"])),
+    }
+}
+
 /// Turns `[[plugins]]` (or `[[shadow]]`) entries into specs; also says whether
 /// the built-in policy was placed explicitly.
 fn plugin_specs(
@@ -475,10 +515,15 @@ fn plugin_specs(
         };
         let name = p.name.clone().unwrap_or_else(|| plugin_name(&source));
         // The built-in policy takes `[policy]` unless its entry has a config of its own.
-        let config_json = match (&source, p.config.is_empty()) {
-            (PluginSource::Builtin, true) => policy_json.to_string(),
-            _ => serde_json::to_string(&p.config).with_context(|| format!("{key}.config"))?,
+        let (config_json, config_from) = match (&source, p.config.is_empty()) {
+            (PluginSource::Builtin, true) => (policy_json.to_string(), vec!["policy".to_string()]),
+            _ => (
+                serde_json::to_string(&p.config).with_context(|| format!("{key}.config"))?,
+                vec![table.to_string(), i.to_string(), "config".to_string()],
+            ),
         };
+        let config_from = config_from.iter().map(String::as_str).collect::<Vec<_>>();
+        let config_from = Some(origin::ConfigOrigin::table(&config_from));
         let mut limits = Limits::default();
         if let Some(t) = &p.time_limit {
             limits.time = parse_duration(t).with_context(|| format!("{key}.time_limit"))?;
@@ -507,6 +552,7 @@ fn plugin_specs(
             config_json,
             limits,
             on_failure: p.on_failure.unwrap_or_default(),
+            config_from,
         });
     }
     Ok((specs, builtin_listed))
@@ -531,8 +577,24 @@ fn resolve_policy_models(
     connections: &mut Vec<(String, String)>,
 ) -> anyhow::Result<()> {
     let models = table_entry(policy, "models")?;
+    refuse_same_model_twice(models)?;
     for (model, dest) in proxies {
-        models.insert(model.clone(), toml::Value::String(dest.clone()));
+        let given = toml::Value::String(dest.clone());
+        let in_file = models
+            .iter()
+            .find(|(m, _)| llamagate_sdk::names::same(m, model));
+        if let Some((name, value)) = in_file {
+            if destinations(value) != destinations(&given) {
+                bail!(
+                    "policy.models.{name:?}: routed twice, to {} in [policy.models] and to {:?} \
+                     by --proxy or --proxies; give it once",
+                    shown_destinations(value),
+                    redact_url(dest)
+                );
+            }
+            continue;
+        }
+        models.insert(model.clone(), given);
     }
     for (model, value) in models.iter_mut() {
         let key = format!("policy.models.{model:?}");
@@ -566,6 +628,51 @@ fn resolve_policy_models(
             ids.push(toml::Value::String(id));
         }
         *value = toml::Value::Array(ids);
+    }
+    Ok(())
+}
+
+/// The destinations of a `[policy.models]` value, for comparing (a string is
+/// a list of one; trailing slashes do not count). `None` for a malformed value.
+fn destinations(value: &toml::Value) -> Option<Vec<String>> {
+    let one = |v: &toml::Value| {
+        v.as_str()
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+    };
+    match value {
+        toml::Value::Array(items) => items.iter().map(one).collect(),
+        other => one(other).map(|s| vec![s]),
+    }
+}
+
+/// A `[policy.models]` value as an error shows it: URLs without userinfo.
+fn shown_destinations(value: &toml::Value) -> String {
+    match destinations(value) {
+        Some(list) if list.len() == 1 => format!("{:?}", redact_url(&list[0])),
+        Some(list) => format!(
+            "{:?}",
+            list.iter().map(|d| redact_url(d)).collect::<Vec<_>>()
+        ),
+        None => "a malformed value".into(),
+    }
+}
+
+/// Refuses two `[policy.models]` keys that Ollama takes for one model
+/// (`llama3.2` and `llama3.2:latest`) with different destinations.
+fn refuse_same_model_twice(models: &toml::Table) -> anyhow::Result<()> {
+    let entries: Vec<_> = models.iter().collect();
+    for (i, (model, value)) in entries.iter().enumerate() {
+        let earlier = entries[..i].iter().find(|(m, v)| {
+            llamagate_sdk::names::same(m, model) && destinations(v) != destinations(value)
+        });
+        if let Some((first, first_value)) = earlier {
+            bail!(
+                "policy.models: {first:?} and {model:?} are the same model, routed to {} and to {}; \
+                 give it once (a list for replicas)",
+                shown_destinations(first_value),
+                shown_destinations(value)
+            );
+        }
     }
     Ok(())
 }
@@ -610,6 +717,12 @@ fn check_url(url: &str) -> anyhow::Result<String> {
         _ => bail!("{shown:?}: expected http://host:port"),
     }
     anyhow::ensure!(uri.host().is_some(), "{shown:?}: no host");
+    // A base path (`http://host/ollama`) is kept and prefixed to every
+    // request and probe; a query would be dropped, so it is refused.
+    anyhow::ensure!(
+        uri.query().is_none() && !bare.contains('#'),
+        "{shown:?}: a backend URL is http://host:port with an optional base path, no ?query or #fragment"
+    );
     Ok(url)
 }
 
@@ -666,8 +779,9 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> String {
 /// Replaces the values a serde or TOML message quotes with `…`: every
 /// `"string"`, and every `` `span` `` except config key names (lowercase
 /// letters and `_`, so `unknown field `lisen`` still names the key) and
-/// short punctuation (`` expected `}` ``). A duplicate key may be a token: scrubbed.
-fn scrub_values(message: &str) -> String {
+/// short punctuation, quoted either way (`` expected `}` ``, `"*"`). A
+/// duplicate key may be a token: scrubbed.
+pub(crate) fn scrub_values(message: &str) -> String {
     let keep_names = !message.contains("duplicate key");
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
@@ -684,9 +798,9 @@ fn scrub_values(message: &str) -> String {
             && quote == '`'
             && (1..=32).contains(&inner.len())
             && inner.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-        let punctuation = quote == '`'
-            && (1..=3).contains(&inner.len())
-            && inner.bytes().all(|b| b.is_ascii_punctuation());
+        // `}`, or a plugin's "*" (all models): no secret fits in it.
+        let punctuation =
+            (1..=3).contains(&inner.len()) && inner.bytes().all(|b| b.is_ascii_punctuation());
         out.push_str(if name || punctuation { inner } else { "…" });
         out.push(quote);
         rest = &after[close + 1..];
@@ -768,6 +882,49 @@ mod tests {
     }
 
     #[test]
+    fn the_shadow_chain_gets_the_default_policy_unless_told_otherwise() {
+        let conn = "[connections]\na = \"http://a:1\"\n";
+        let names = |c: &Config| c.shadow.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        let shadow = "[[shadow]]\npath = \"x.wasm\"\n";
+        let c = build(&format!("{conn}{shadow}"), Overrides::default()).unwrap();
+        assert_eq!(names(&c), ["default-policy", "x"]);
+        assert_eq!(c.shadow[0].config_json, c.plugins[0].config_json);
+        for off in [
+            "default_policy = false\n",
+            "shadow_default_policy = false\n",
+        ] {
+            let c = build(&format!("{off}{conn}{shadow}"), Overrides::default());
+            let c = c.or_else(|_| {
+                build(
+                    &format!("{off}{conn}{shadow}[[plugins]]\npath = \"y.wasm\"\n"),
+                    Overrides::default(),
+                )
+            });
+            assert_eq!(names(&c.unwrap()), ["x"], "{off}");
+        }
+        let placed =
+            "[[shadow]]\npath = \"x.wasm\"\n[[shadow]]\npath = \"builtin:default-policy\"\n";
+        let c = build(&format!("{conn}{placed}"), Overrides::default()).unwrap();
+        assert_eq!(names(&c), ["x", "default-policy"], "placed by the operator");
+        assert!(build(conn, Overrides::default()).unwrap().shadow.is_empty());
+    }
+
+    #[test]
+    fn listing_cache_is_a_duration_and_zero_turns_it_off() {
+        let conn = "[connections]\na = \"http://a:1\"\n";
+        let ttl = |line: &str| build(&format!("{line}{conn}"), Overrides::default());
+        assert_eq!(ttl("").unwrap().listing_cache, Duration::from_secs(1));
+        let c = ttl("listing_cache = \"250ms\"\n").unwrap();
+        assert_eq!(c.listing_cache, Duration::from_millis(250));
+        assert_eq!(
+            ttl("listing_cache = \"0\"\n").unwrap().listing_cache,
+            Duration::ZERO
+        );
+        let err = format!("{:#}", ttl("listing_cache = \"soon\"\n").unwrap_err());
+        assert!(err.starts_with("listing_cache"), "{err}");
+    }
+
+    #[test]
     fn gollamas_flags_make_connections_per_url() {
         let o = Overrides {
             proxies: vec![
@@ -804,6 +961,50 @@ mod tests {
             format!("{err:#}").contains("policy.models.\"m\": unknown connection \"nope\""),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn file_and_flags_that_disagree_are_refused() {
+        let conn = "[connections]\ngpu-01 = \"http://a:1\"\n";
+        let flag = |proxies: &[(&str, &str)], connections: &[(&str, &str)]| Overrides {
+            proxies: proxies
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            connections: connections
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let err = build(
+            &format!("{conn}[policy.models]\n\"m\" = \"gpu-01\"\n"),
+            flag(&[("m:latest", "http://b:2")], &[]),
+        )
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("\"gpu-01\"") && err.contains("http://b:2"),
+            "{err}"
+        );
+        // Agreeing is fine: the same destination, as a string or a list of one.
+        build(
+            &format!("{conn}[policy.models]\n\"m\" = [\"gpu-01\"]\n"),
+            flag(&[("m", "gpu-01")], &[("gpu-01", "http://a:1/")]),
+        )
+        .unwrap();
+        let err = build(conn, flag(&[], &[("gpu-01", "http://b:1")])).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("http://a:1") && err.contains("http://b:1"),
+            "{err}"
+        );
+        let err = build(
+            &format!("{conn}[policy.models]\n\"m\" = \"gpu-01\"\n\"M:latest\" = \"http://b:2\"\n"),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("same model"), "{err:#}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! llamagate in front of them, so the product can be tried without a GPU.
 
 use crate::config::{Config, FileConfig, Overrides};
-use crate::sim::{self, SimOptions};
+use llamagate_sim::{self as sim, SimOptions};
 
 /// Starts the simulated backends and serves the gateway until Ctrl-C.
 pub async fn run(listen: Option<String>) -> anyhow::Result<()> {

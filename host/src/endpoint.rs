@@ -91,8 +91,10 @@ pub struct Row {
     pub handling: Handling,
     /// Where the model is named.
     pub model: ModelAt,
-    /// Fields of Ollama's request struct that policies see (besides the
-    /// model fields): `options`, `keep_alive`, `stream`, each where the struct has it.
+    /// Fields of Ollama's request struct that llamagate reads (besides the
+    /// model fields): `options`, `keep_alive`, `stream` where the struct has
+    /// them, and fields whose reading must be unambiguous although plugins do
+    /// not see them (a copy's `destination`, a create's `from`).
     pub fields: &'static [&'static str],
     /// Streaming default.
     pub streams: Streams,
@@ -101,6 +103,8 @@ pub struct Row {
 const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
 const GET: &[Method] = &[Method::GET];
 const POST: &[Method] = &[Method::POST];
+const DELETE: &[Method] = &[Method::DELETE];
+const HEAD_POST: &[Method] = &[Method::HEAD, Method::POST];
 const MODEL: ModelAt = ModelAt::Body(&["model"]);
 const MODEL_OR_NAME: ModelAt = ModelAt::Body(&["model", "name"]);
 const INFERENCE: &[&str] = &["options", "keep_alive", "stream"];
@@ -124,200 +128,34 @@ macro_rules! row {
 use Pattern::{Exact, Param};
 
 /// Every endpoint llamagate knows, as Ollama's `server/routes.go` routes them
-/// and `api/types.go` (and `openai/`) decode them.
+/// and `api/types.go` (and `openai/`) decode them. Columns: endpoint, path,
+/// methods, handling, where the model is, other fields read, streaming default.
+#[rustfmt::skip]
 pub static TABLE: &[Row] = &[
-    row!(Root, Exact("/"), GET_HEAD, Local, ModelAt::None, &[], Never),
-    row!(
-        Version,
-        Exact("/api/version"),
-        GET_HEAD,
-        FanOut,
-        ModelAt::None,
-        &[],
-        Never
-    ),
-    row!(
-        Tags,
-        Exact("/api/tags"),
-        GET_HEAD,
-        FanOut,
-        ModelAt::None,
-        &[],
-        Never
-    ),
-    row!(Ps, Exact("/api/ps"), GET, FanOut, ModelAt::None, &[], Never),
-    row!(
-        Show,
-        Exact("/api/show"),
-        POST,
-        Route,
-        MODEL_OR_NAME,
-        &["options"],
-        Never
-    ),
-    row!(
-        Generate,
-        Exact("/api/generate"),
-        POST,
-        Route,
-        MODEL,
-        INFERENCE,
-        UnlessFalse
-    ),
-    row!(
-        Chat,
-        Exact("/api/chat"),
-        POST,
-        Route,
-        MODEL,
-        INFERENCE,
-        UnlessFalse
-    ),
-    row!(
-        Embed,
-        Exact("/api/embed"),
-        POST,
-        Route,
-        MODEL,
-        EMBEDDING,
-        Never
-    ),
-    row!(
-        Embeddings,
-        Exact("/api/embeddings"),
-        POST,
-        Route,
-        MODEL,
-        EMBEDDING,
-        Never
-    ),
-    row!(
-        Pull,
-        Exact("/api/pull"),
-        POST,
-        Route,
-        MODEL_OR_NAME,
-        STREAM,
-        UnlessFalse
-    ),
-    row!(
-        Push,
-        Exact("/api/push"),
-        POST,
-        Route,
-        MODEL_OR_NAME,
-        STREAM,
-        UnlessFalse
-    ),
-    row!(
-        Create,
-        Exact("/api/create"),
-        POST,
-        Route,
-        MODEL_OR_NAME,
-        STREAM,
-        UnlessFalse
-    ),
-    row!(
-        Copy,
-        Exact("/api/copy"),
-        POST,
-        Route,
-        ModelAt::Body(&["source"]),
-        &[],
-        Never
-    ),
-    row!(
-        Delete,
-        Exact("/api/delete"),
-        &[Method::DELETE],
-        Route,
-        MODEL_OR_NAME,
-        &[],
-        Never
-    ),
-    row!(
-        Blobs,
-        Param("/api/blobs/"),
-        &[Method::HEAD, Method::POST],
-        RouteStreaming,
-        ModelAt::None,
-        &[],
-        Never
-    ),
-    row!(
-        OpenaiChat,
-        Exact("/v1/chat/completions"),
-        POST,
-        Route,
-        MODEL,
-        STREAM,
-        IfTrue
-    ),
-    row!(
-        OpenaiCompletions,
-        Exact("/v1/completions"),
-        POST,
-        Route,
-        MODEL,
-        STREAM,
-        IfTrue
-    ),
-    row!(
-        OpenaiEmbeddings,
-        Exact("/v1/embeddings"),
-        POST,
-        Route,
-        MODEL,
-        &[],
-        Never
-    ),
-    row!(
-        OpenaiModels,
-        Exact("/v1/models"),
-        GET,
-        FanOut,
-        ModelAt::None,
-        &[],
-        Never
-    ),
-    row!(
-        OpenaiModel,
-        Param("/v1/models/"),
-        GET,
-        Route,
-        ModelAt::Path,
-        &[],
-        Never
-    ),
-    row!(
-        OpenaiResponses,
-        Exact("/v1/responses"),
-        POST,
-        Route,
-        MODEL,
-        STREAM,
-        IfTrue
-    ),
-    row!(
-        OpenaiMessages,
-        Exact("/v1/messages"),
-        POST,
-        Route,
-        MODEL,
-        STREAM,
-        IfTrue
-    ),
+    row!(Root,              Exact("/"),                    GET_HEAD, Local,          ModelAt::None, &[], Never),
+    row!(Version,           Exact("/api/version"),         GET_HEAD, FanOut,         ModelAt::None, &[], Never),
+    row!(Tags,              Exact("/api/tags"),            GET_HEAD, FanOut,         ModelAt::None, &[], Never),
+    row!(Ps,                Exact("/api/ps"),              GET,      FanOut,         ModelAt::None, &[], Never),
+    row!(Show,              Exact("/api/show"),            POST,     Route,          MODEL_OR_NAME, &["options"], Never),
+    row!(Generate,          Exact("/api/generate"),        POST,     Route,          MODEL,         INFERENCE, UnlessFalse),
+    row!(Chat,              Exact("/api/chat"),            POST,     Route,          MODEL,         INFERENCE, UnlessFalse),
+    row!(Embed,             Exact("/api/embed"),           POST,     Route,          MODEL,         EMBEDDING, Never),
+    row!(Embeddings,        Exact("/api/embeddings"),      POST,     Route,          MODEL,         EMBEDDING, Never),
+    row!(Pull,              Exact("/api/pull"),            POST,     Route,          MODEL_OR_NAME, STREAM, UnlessFalse),
+    row!(Push,              Exact("/api/push"),            POST,     Route,          MODEL_OR_NAME, STREAM, UnlessFalse),
+    row!(Create,            Exact("/api/create"),          POST,     Route,          MODEL_OR_NAME, &["stream", "from"], UnlessFalse),
+    row!(Copy,              Exact("/api/copy"),            POST,     Route,          ModelAt::Body(&["source"]), &["destination"], Never),
+    row!(Delete,            Exact("/api/delete"),          DELETE,   Route,          MODEL_OR_NAME, &[], Never),
+    row!(Blobs,             Param("/api/blobs/"),          HEAD_POST, RouteStreaming, ModelAt::None, &[], Never),
+    row!(OpenaiChat,        Exact("/v1/chat/completions"), POST,     Route,          MODEL,         STREAM, IfTrue),
+    row!(OpenaiCompletions, Exact("/v1/completions"),      POST,     Route,          MODEL,         STREAM, IfTrue),
+    row!(OpenaiEmbeddings,  Exact("/v1/embeddings"),       POST,     Route,          MODEL,         &[], Never),
+    row!(OpenaiModels,      Exact("/v1/models"),           GET,      FanOut,         ModelAt::None, &[], Never),
+    row!(OpenaiModel,       Param("/v1/models/"),          GET,      Route,          ModelAt::Path, &[], Never),
+    row!(OpenaiResponses,   Exact("/v1/responses"),        POST,     Route,          MODEL,         STREAM, IfTrue),
+    row!(OpenaiMessages,    Exact("/v1/messages"),         POST,     Route,          MODEL,         STREAM, IfTrue),
     // Not in the WIT contract's `endpoint` enum (0.1.0): plugins see `other`, with the model.
-    row!(
-        Other,
-        Exact("/v1/audio/transcriptions"),
-        POST,
-        Route,
-        ModelAt::Form,
-        &[],
-        Never
-    ),
+    row!(Other,             Exact("/v1/audio/transcriptions"), POST, Route,          ModelAt::Form, &[], Never),
 ];
 
 /// The row of any other path: forwarded, by `model` when the body has one.

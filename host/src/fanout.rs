@@ -7,6 +7,9 @@
 //!
 //! A backend that fails or times out is skipped; only when none answers is the
 //! result an error.
+//!
+//! The merged answer (before `list-models`, which depends on who asks) is kept
+//! for `listing_cache` in the generation's [`ListingCache`].
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
 use crate::fleet::BackendState;
 use crate::gateway::{json as json_response, Gateway, Generation};
+use crate::listing_cache::{Listing, ListingCache};
 use crate::plugin::{ListedModel, Request};
 use crate::ResponseBody;
 
@@ -35,22 +39,33 @@ pub async fn serve(
         Endpoint::OpenaiModels => ("/v1/models", "data", "id"),
         other => unreachable!("{other:?} is not a fan-out endpoint"),
     };
-    let answers = ask_all(gateway, generation, path).await?;
-    if request.endpoint == Endpoint::Version {
-        let versions: Vec<&str> = answers
-            .iter()
-            .filter_map(|(_, v)| v.get("version").and_then(Value::as_str))
-            .collect();
-        let lowest = crate::version::lowest(versions.iter().copied())
-            .ok_or_else(|| GatewayError::Upstream("no backend reported a version".into()))?;
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({ "version": lowest }),
-            head,
-        ));
-    }
-
-    let merged = merge(&answers, list_key, name_key);
+    let listing = match request.endpoint {
+        Endpoint::Version => Listing::Version,
+        Endpoint::Tags => Listing::Tags,
+        Endpoint::Ps => Listing::Ps,
+        _ => Listing::OpenaiModels,
+    };
+    // Kept for `listing_cache`; concurrent misses share one fan-out.
+    let fetched = generation
+        .listings
+        .get(listing, || async {
+            let answers = ask_all(gateway, generation, path).await?;
+            if listing == Listing::Version {
+                return lowest_version(&answers).map(MergedListing::Version);
+            }
+            Ok(MergedListing::Models(merge(&answers, list_key, name_key)))
+        })
+        .await?;
+    let merged = match &*fetched {
+        MergedListing::Version(lowest) => {
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({ "version": lowest }),
+                head,
+            ));
+        }
+        MergedListing::Models(merged) => merged,
+    };
     let listed: Vec<ListedModel> = merged
         .iter()
         .map(|m| ListedModel {
@@ -61,7 +76,7 @@ pub async fn serve(
         .collect();
     let shown = {
         let (chain, request) = (generation.chain.clone(), request.clone());
-        crate::gateway::off_thread(move || chain.list(&request, listed)).await?
+        crate::plugin::off_thread(move || chain.list(&request, listed)).await??
     };
     let items: Vec<Value> = shown
         .iter()
@@ -87,8 +102,31 @@ pub async fn serve(
     Ok(json_response(StatusCode::OK, &body, head))
 }
 
+/// The lowest version the backends reported.
+fn lowest_version(answers: &[(String, Value)]) -> Result<String, GatewayError> {
+    let versions: Vec<&str> = answers
+        .iter()
+        .filter_map(|(_, v)| v.get("version").and_then(Value::as_str))
+        .collect();
+    crate::version::lowest(versions.iter().copied())
+        .map(str::to_string)
+        .ok_or_else(|| GatewayError::Upstream("no backend reported a version".into()))
+}
+
+/// A listing as merged from the backends' answers, before the chain's
+/// `list-models` (what [`ListingCache`] keeps).
+pub enum MergedListing {
+    /// `/api/version`: the lowest version.
+    Version(String),
+    /// `/api/tags`, `/api/ps`, `/v1/models`: the models, without duplicates.
+    Models(Vec<Merged>),
+}
+
+/// The listings cache of a generation.
+pub type Listings = ListingCache<MergedListing>;
+
 /// One model of a merged listing.
-struct Merged {
+pub struct Merged {
     name: String,
     item: Value,
     backends: Vec<String>,
@@ -148,8 +186,8 @@ async fn ask_all(
         match result {
             Ok(value) => answers.push((id, value)),
             Err(e) => {
-                tracing::warn!(backend = %id, "skipped in {path}: {e:#}");
-                failures.push(format!("backend {id:?}: {e:#}"));
+                tracing::warn!(backend = %id, "skipped in {path}: {e}");
+                failures.push(e.to_string());
             }
         }
     }

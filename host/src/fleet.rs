@@ -11,11 +11,12 @@
 //! userinfo, and the credentials go to that backend only, as its
 //! `Authorization: Basic` header ([`BackendState::authorization`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{HeaderValue, Uri};
+use llamagate_sdk::names;
 use serde::Deserialize;
 
 use crate::plugin::{Backend, LoadedModel};
@@ -37,6 +38,20 @@ pub struct BackendState {
     healthy: AtomicBool,
     in_flight: AtomicU32,
     seen: RwLock<Seen>,
+    /// Bumped (under `seen`'s write lock) by every [`BackendState::learn`], so
+    /// a probe that was already under way when a pull or delete succeeded
+    /// cannot put back the list from before it.
+    learned: AtomicU64,
+}
+
+/// A change to a backend's models that llamagate saw succeed (a pull, create,
+/// copy or delete it forwarded), applied before the next probe confirms it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelChange {
+    /// The model now exists on the backend (pull, create, copy's destination).
+    Added(String),
+    /// The model is gone from the backend (delete).
+    Removed(String),
 }
 
 #[derive(Default, Clone)]
@@ -74,6 +89,31 @@ impl BackendState {
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Applies a change llamagate saw succeed to what it knows of the
+    /// backend's models, at once: a pulled model is routable, a deleted one
+    /// is not, without waiting for the next probe.
+    pub fn learn(&self, change: &ModelChange) {
+        let mut seen = self.seen.write().unwrap();
+        match change {
+            ModelChange::Added(model) => {
+                if !seen.models.iter().any(|m| names::same(m, model)) {
+                    seen.models.insert(0, names::display(model));
+                }
+            }
+            ModelChange::Removed(model) => {
+                seen.models.retain(|m| !names::same(m, model));
+                seen.loaded.retain(|l| !names::same(&l.name, model));
+            }
+        }
+        self.learned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Asks this backend for its models (`/api/tags`) and loaded models
+    /// (`/api/ps`) now, and records its health.
+    pub async fn probe(self: &Arc<Self>, upstream: &Upstream, timeout: Duration) {
+        probe(self, upstream, timeout).await
     }
 
     /// The view plugins get.
@@ -168,6 +208,7 @@ impl Fleet {
                     healthy: AtomicBool::new(true),
                     in_flight: AtomicU32::new(0),
                     seen: RwLock::default(),
+                    learned: AtomicU64::new(0),
                 }))
             })
             .collect::<anyhow::Result<_>>()?;
@@ -211,11 +252,23 @@ struct TagEntry {
     size_vram: u64,
 }
 
+/// The `User-Agent` of probes, so a backend's log (and the tests) tell them
+/// from the listings clients asked for.
+pub const PROBE_USER_AGENT: &str = concat!("llamagate-probe/", env!("CARGO_PKG_VERSION"));
+
 async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Duration) {
+    let learned = backend.learned.load(Ordering::Relaxed);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static(PROBE_USER_AGENT),
+    );
     let tags = upstream
-        .get_json::<Tags>(backend, "/api/tags", timeout)
+        .get_json_with::<Tags>(backend, "/api/tags", &headers, timeout)
         .await;
-    let ps = upstream.get_json::<Tags>(backend, "/api/ps", timeout).await;
+    let ps = upstream
+        .get_json_with::<Tags>(backend, "/api/ps", &headers, timeout)
+        .await;
     match (tags, ps) {
         (Ok(tags), ps) => {
             let models = tags
@@ -235,11 +288,23 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
                     size_vram: m.size_vram,
                 })
                 .collect();
-            *backend.seen.write().unwrap() = Seen { models, loaded };
+            let mut seen = backend.seen.write().unwrap();
+            // A change learned while this probe was under way is newer than
+            // its answer; the probe that change started brings the truth.
+            if backend.learned.load(Ordering::Relaxed) == learned {
+                *seen = Seen { models, loaded };
+            }
+            drop(seen);
             backend.set_healthy(true);
         }
         (Err(e), _) => {
-            tracing::debug!(backend = %backend.id, "probe failed: {e}");
+            // Why, once, when a backend goes from healthy to not (a wrong
+            // base path answers 404; "unreachable" alone would mislead).
+            if backend.healthy() {
+                tracing::warn!(backend = %backend.id, "probe failed: {e}");
+            } else {
+                tracing::debug!(backend = %backend.id, "probe failed: {e}");
+            }
             backend.set_healthy(false);
         }
     }

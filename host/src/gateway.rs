@@ -7,7 +7,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -25,7 +27,7 @@ use crate::plugin::Header;
 use crate::policy::{Chain, Outcome, Plan};
 use crate::record::Recorder;
 use crate::stream::{Framing, Relay};
-use crate::upstream::Upstream;
+use crate::upstream::{BackendError, Failure, Upstream};
 use crate::{RequestBody, ResponseBody};
 
 /// The response header that explains a decision (with `explain = true`).
@@ -60,6 +62,8 @@ pub struct Generation {
     pub shadow: Option<Arc<Chain>>,
     /// The backends.
     pub fleet: Arc<Fleet>,
+    /// Merged listings, kept for `listing_cache` (this generation's own).
+    pub listings: Arc<crate::fanout::Listings>,
     /// Pipeline settings.
     pub settings: Settings,
 }
@@ -75,7 +79,13 @@ pub struct ShadowStats {
     pub differed: AtomicU64,
     /// Requests on which the shadow chain failed.
     pub failed: AtomicU64,
+    /// Requests not shadowed because [`SHADOW_QUEUE`] decisions were already pending.
+    pub dropped: AtomicU64,
 }
+
+/// Shadow decisions pending at once; past this, requests go unshadowed (and
+/// are counted), so a slow shadow chain costs no memory or threads.
+pub const SHADOW_QUEUE: usize = 64;
 
 /// The outcome of the last reload, for the status endpoint.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -92,12 +102,17 @@ pub struct ReloadReport {
 
 /// Everything a request needs: the current generation and the pooled client.
 pub struct Gateway {
-    current: RwLock<Arc<Generation>>,
+    /// Read without a lock on every request; swapped whole on reload.
+    current: ArcSwap<Generation>,
     /// The pooled client.
     pub upstream: Upstream,
     next_id: AtomicU64,
-    /// Shadow decision counts.
-    pub shadow_stats: Arc<ShadowStats>,
+    /// Shadow decision counts of the generation in force: a reload starts
+    /// them at zero (shadow decisions already under way count into the
+    /// counts they started with).
+    pub shadow_stats: ArcSwap<ShadowStats>,
+    /// Permits for pending shadow decisions ([`SHADOW_QUEUE`]).
+    shadow_queue: Arc<tokio::sync::Semaphore>,
     /// The last reload's outcome.
     pub last_reload: Mutex<Option<ReloadReport>>,
     recorder: Option<Recorder>,
@@ -107,10 +122,11 @@ impl Gateway {
     /// A gateway deciding with `generation`, recording requests if `recorder` is set.
     pub fn new(generation: Generation, upstream: Upstream, recorder: Option<Recorder>) -> Self {
         Gateway {
-            current: RwLock::new(Arc::new(generation)),
+            current: ArcSwap::from_pointee(generation),
             upstream,
             next_id: AtomicU64::new(1),
-            shadow_stats: Arc::default(),
+            shadow_stats: ArcSwap::default(),
+            shadow_queue: Arc::new(tokio::sync::Semaphore::new(SHADOW_QUEUE)),
             last_reload: Mutex::new(None),
             recorder,
         }
@@ -119,12 +135,13 @@ impl Gateway {
     /// The generation in force. Requests hold their own `Arc`, so a swap never
     /// disturbs one in flight.
     pub fn current(&self) -> Arc<Generation> {
-        self.current.read().unwrap().clone()
+        self.current.load_full()
     }
 
     /// Makes `generation` the one new requests use.
     pub fn swap(&self, generation: Generation) {
-        *self.current.write().unwrap() = Arc::new(generation);
+        self.shadow_stats.store(Arc::default());
+        self.current.store(Arc::new(generation));
     }
 
     /// Serves one request.
@@ -306,9 +323,26 @@ impl Gateway {
             path: &forward_path,
             headers: &headers,
         };
+        let change = crate::model_change::change_of(
+            endpoint,
+            plan.request.model.as_deref(),
+            body.as_deref(),
+        );
         let (response, backend) = self
             .forward(&generation.fleet, &plan, endpoint, target, body, upload)
             .await?;
+        // A pull, create, copy or delete that succeeds is known at once.
+        let response = match (change, generation.fleet.get(&backend)) {
+            (Some(change), Some(served)) => crate::model_change::Learned {
+                backend: served.clone(),
+                change,
+                listings: generation.listings.clone(),
+                upstream: self.upstream.clone(),
+                probe_timeout: settings.probe_interval.min(Duration::from_secs(5)),
+            }
+            .once_succeeded(response),
+            _ => response,
+        };
         Ok(explained(response, trace, Some(&backend)))
     }
 
@@ -324,9 +358,14 @@ impl Gateway {
     ) {
         static FAILED: crate::log_limit::LogLimiter =
             crate::log_limit::LogLimiter::new(Duration::from_secs(10));
-        let stats = self.shadow_stats.clone();
+        let stats = self.shadow_stats.load_full();
+        let Ok(pending) = self.shadow_queue.clone().try_acquire_owned() else {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         let id = view.id.clone();
         tokio::spawn(async move {
+            let _pending = pending;
             match shadow.decide(view, raw, backends.into(), body, false).await {
                 Ok(outcome) => {
                     stats.decided.fetch_add(1, Ordering::Relaxed);
@@ -407,23 +446,15 @@ impl Gateway {
                     tracing::debug!(backend = %backend.id, path = target.path, status = %response.status(), "forwarded");
                     return Ok((relay(response, &backend.id, in_flight), backend.id.clone()));
                 }
-                Err(err) if err.is_connect() => {
-                    backend.set_healthy(false);
-                    failures.push(format!(
-                        "backend {:?} ({}) is unreachable: {}",
-                        backend.id,
-                        backend.url,
-                        source_text(&err)
-                    ));
-                }
                 Err(err) => {
-                    failures.push(format!(
-                        "backend {:?} ({}) failed: {}",
-                        backend.id,
-                        backend.url,
-                        source_text(&err)
-                    ));
-                    break;
+                    // Worded as the fan-out words it (`BackendError`).
+                    let failure = Failure::of_client(&err);
+                    let unreachable = matches!(failure, Failure::Unreachable(_));
+                    failures.push(BackendError::at(backend, failure).to_string());
+                    if !unreachable {
+                        break;
+                    }
+                    backend.set_healthy(false);
                 }
             }
         }
@@ -542,19 +573,6 @@ fn explained(
     response
 }
 
-/// Runs plugin work (one plugin call, or a listing's chain) on tokio's blocking
-/// pool. WASI's synchronous stdio (a guest's panic message, a `println!`)
-/// bridges into tokio with `block_on`, which must not happen on an async
-/// worker; and a plugin that spins until its deadline must not stall the
-/// workers that relay streams. The one place that says where plugin calls run.
-pub async fn off_thread<R: Send + 'static>(
-    work: impl FnOnce() -> Result<R, GatewayError> + Send + 'static,
-) -> Result<R, GatewayError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| GatewayError::Internal(format!("policy task failed: {e}")))?
-}
-
 fn apply_header_edits(headers: &mut HeaderMap, plan: &Plan) {
     for name in &plan.remove_headers {
         headers.remove(name);
@@ -568,17 +586,6 @@ fn full_request_body(bytes: Bytes) -> RequestBody {
     http_body_util::Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
-}
-
-/// The innermost cause, which names what actually failed (e.g. "connection refused").
-fn source_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last
 }
 
 /// Turns a backend's response into the client's, passing the body through.

@@ -8,7 +8,9 @@
 //! forwards it through [`upstream`], relaying the answer with [`stream`] — or
 //! [`fanout`] asks every backend and merges the answers. [`error`] words failures
 //! for the client's API. Around it: [`reload`] (hot swap), [`status`],
-//! [`record`] and [`plugin_cmd`] (replay), [`config`], [`cli`], [`sim`], [`demo`].
+//! [`record`] and [`plugin_cmd`] (replay), [`config`], [`cli`], [`demo`]. The
+//! simulated Ollama used by the tests, the benches and `llamagate demo`/`sim` is
+//! its own crate, `llamagate-sim` (`host/sim`), not part of this library.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -24,14 +26,15 @@ pub mod fanout;
 pub mod fleet;
 pub mod gateway;
 pub mod intake;
+pub mod listing_cache;
 pub mod log_limit;
+pub mod model_change;
 pub mod plugin;
 pub mod plugin_cmd;
 pub mod policy;
 pub mod record;
 pub mod reload;
 pub mod server;
-pub mod sim;
 pub mod status;
 pub mod stream;
 pub mod upstream;

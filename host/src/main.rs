@@ -1,7 +1,7 @@
 //! The `llamagate` binary.
 
 use clap::Parser;
-use llamagate::cli::{Cli, Command, PluginCommand};
+use llamagate::cli::{Cli, Command, PluginCommand, ServeArgs};
 use llamagate::config::Config;
 use llamagate::server::Launch;
 use tracing_subscriber::EnvFilter;
@@ -9,8 +9,13 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter =
-        EnvFilter::try_new(cli.serve.log_filter()).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match EnvFilter::try_new(cli.serve.log_filter()) {
+        Ok(filter) => filter,
+        Err(err) => {
+            eprintln!("llamagate: --level: {err}; logging at info");
+            EnvFilter::new(llamagate::cli::expand_level("info"))
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -28,19 +33,18 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Demo(_)) => llamagate::demo::run(cli.serve.listen.clone()).await,
+        Some(Command::Demo(args)) => llamagate::demo::run(args.listen.or(cli.serve.listen)).await,
         Some(Command::Sim(args)) => {
-            let listen = cli
-                .serve
+            let listen = args
                 .listen
-                .clone()
+                .or(cli.serve.listen)
                 .unwrap_or_else(|| "127.0.0.1:11435".into());
             let listener = tokio::net::TcpListener::bind(&listen).await?;
             println!(
                 "simulated Ollama listening on http://{}",
                 listener.local_addr()?
             );
-            let options = llamagate::sim::SimOptions {
+            let options = llamagate_sim::SimOptions {
                 models: args.models,
                 version: args.version,
                 chunks: args.chunks,
@@ -50,18 +54,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             tokio::select! {
-                r = llamagate::sim::serve(listener, options) => r,
+                r = llamagate_sim::serve(listener, options) => r,
                 _ = llamagate::server::shutdown_signal() => Ok(()),
             }
         }
         Some(Command::Plugin(command)) => {
-            let overrides = cli.serve.overrides()?;
+            let config = match &command {
+                PluginCommand::Test { config, .. } => config.clone().or(cli.serve.config),
+                PluginCommand::Check { .. } => None,
+            };
+            let overrides = ServeArgs {
+                config,
+                ..cli.serve
+            }
+            .overrides()?;
             tokio::task::spawn_blocking(move || match command {
                 PluginCommand::Check { file, with_config } => {
                     llamagate::plugin_cmd::check(&file, with_config.as_deref())
                 }
                 PluginCommand::Test {
                     file,
+                    config: _,
                     requests,
                     with_config,
                     alone,

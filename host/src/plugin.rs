@@ -44,8 +44,10 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+mod executor;
 mod slots;
 
+pub use executor::{off_thread, CallLost};
 use slots::FairQueue;
 pub use slots::Slot;
 

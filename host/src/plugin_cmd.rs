@@ -82,6 +82,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
         config_json: read_plugin_config(args.plugin_config.as_deref())?,
         limits: Limits::default(),
         on_failure: OnFailure::Closed,
+        config_from: None,
     };
     let (chain, fleet) = if args.overrides.config.is_some() || !args.overrides.proxies.is_empty() {
         let config = Config::load(&args.overrides)?;

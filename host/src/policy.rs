@@ -8,7 +8,7 @@
 //!
 //! On the request path ([`Chain::decide`]) each link first waits for one of its
 //! plugin's call slots (fairly across clients: [`Plugin::admit`]), then runs the
-//! one synchronous plugin call off the async workers ([`off_thread`]); the slot
+//! one synchronous plugin call on a plugin thread ([`crate::plugin::off_thread`]); the slot
 //! is held until that call returns. Offline replay uses [`Chain::decide_blocking`].
 
 use std::collections::BTreeMap;
@@ -23,7 +23,6 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use crate::body::render;
 use crate::config::OnFailure;
 use crate::error::GatewayError;
-use crate::gateway::off_thread;
 use crate::log_limit::LogLimiter;
 use crate::plugin::{
     Backend, Decision, Edits, Header, ListedModel, OptionEntry, Plugin, PluginError, Reply, Request,
@@ -77,28 +76,39 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A one-line summary of the decision, for comparing live and shadow chains:
-    /// the status of an answer, or the model, backends and edits of a forward.
+    /// The decision in words, one line, for the log and for comparing live
+    /// and shadow chains: `answer 403`, or
+    /// `forward llama3.2 to gpu-01, then gpu-02 with num_ctx=8192 keep_alive="10m"`
+    /// (options and `keep_alive` only when the chain changed them).
     pub fn summary(&self) -> String {
         match self {
-            Outcome::Respond { reply, .. } => format!("respond {}", reply.status),
+            Outcome::Respond { reply, .. } => format!("answer {}", reply.status),
             Outcome::Forward(plan) => {
-                let mut s = format!(
-                    "forward model={} backends={:?}",
-                    plan.request.model.as_deref().unwrap_or("-"),
-                    plan.backends.as_ref().map(|(b, _)| b)
-                );
+                let mut s = String::from("forward");
+                if let Some(model) = &plan.request.model {
+                    let _ = write!(s, " {model}");
+                }
+                match plan.backends.as_ref().map(|(ids, _)| ids) {
+                    Some(ids) if !ids.is_empty() => {
+                        let _ = write!(s, " to {}", ids.join(", then "));
+                    }
+                    None if plan.request.model.is_none() => s.push_str(" to any backend"),
+                    _ => s.push_str(" to no backend (not found)"),
+                }
+                let mut with = Vec::new();
                 if plan.options_changed {
-                    let _ = write!(
-                        s,
-                        " options={}",
-                        crate::body::render_options(&plan.option_entries())
-                    );
+                    for (entry, raw) in plan.option_entries() {
+                        let value = raw.unwrap_or_else(|| render(&entry.value));
+                        with.push(format!("{}={value}", entry.key));
+                    }
                 }
                 if plan.keep_alive_changed {
                     if let Some(k) = &plan.request.keep_alive {
-                        let _ = write!(s, " keep_alive={}", render(k));
+                        with.push(format!("keep_alive={}", render(k)));
                     }
+                }
+                if !with.is_empty() {
+                    let _ = write!(s, " with {}", with.join(" "));
                 }
                 s
             }
@@ -280,10 +290,10 @@ impl Chain {
                 Ok(slot) => {
                     let (plugin, backends, body) =
                         (link.plugin.clone(), backends.clone(), body.clone());
-                    let (back, result) = off_thread(move || {
+                    let (back, result) = crate::plugin::off_thread(move || {
                         let result = plugin.on_request(&plan.request, &backends, &body);
                         drop(slot);
-                        Ok((plan, result))
+                        (plan, result)
                     })
                     .await?;
                     plan = back;

@@ -5,7 +5,10 @@
 //! Requests in flight finish on the generation they started with. If anything
 //! fails (config, compile, link, init), nothing is swapped: the old generation
 //! keeps serving, the error is logged and shown on `/llamagate/status`.
-//! Changes to `listen` and `connect_timeout` need a restart.
+//! Changes to `listen` and `connect_timeout` need a restart. Every reload
+//! re-probes the backends right after the swap (the reload is reported once
+//! that probe is done), so what they serve is known without waiting a
+//! `probe_interval`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +21,9 @@ use crate::server::build_generation;
 
 /// How often watched files are checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The longest a reload waits for its re-probe of the backends.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Rebuilds and swaps generations.
 pub struct Reloader {
@@ -59,7 +65,12 @@ impl Reloader {
         let report = match built {
             Ok((generation, config)) => {
                 let plugins = generation.chain.names().join(", ");
+                let fleet = generation.fleet.clone();
+                let probe_timeout = generation.settings.probe_interval.min(PROBE_TIMEOUT);
                 self.gateway.swap(generation);
+                // What the backends serve now, not at the last probe: a model
+                // added behind llamagate's back is routable once this returns.
+                fleet.probe_all(&self.gateway.upstream, probe_timeout).await;
                 *watched = config.watched_files;
                 tracing::info!(
                     generation = number,

@@ -44,13 +44,30 @@ pub fn load_chain(runtime: &Arc<Runtime>, specs: &[PluginSpec]) -> anyhow::Resul
                 spec.config_json.clone(),
                 spec.limits.clone(),
             )
-            .with_context(|| format!("loading plugin {:?}", spec.name))?;
+            .map_err(|err| located(spec, err))?;
         links.push(Link {
             plugin,
             on_failure: spec.on_failure,
         });
     }
     Ok(Chain::new(links))
+}
+
+/// How [`Runtime::load`] words an `init` that returned an error.
+const REFUSED: &str = "init refused the config: ";
+
+/// A plugin's failure to load, for the operator: a refused config is named by
+/// the file's line and key (not a position in the JSON made from it), with
+/// quoted values scrubbed; anything else names the plugin.
+fn located(spec: &PluginSpec, err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    match (&spec.config_from, text.split_once(REFUSED)) {
+        (Some(origin), Some((head, refusal))) => {
+            let (place, refusal) = origin.locate(&spec.config_json, refusal);
+            anyhow::anyhow!("{place}: {head}{REFUSED}{refusal}")
+        }
+        _ => err.context(format!("loading plugin {:?}", spec.name)),
+    }
 }
 
 /// Builds a generation from a config: plugins loaded and started, backends known
@@ -74,6 +91,9 @@ pub fn build_generation(
         chain: Arc::new(chain),
         shadow,
         fleet: Arc::new(Fleet::new(&config.connections, previous)?),
+        listings: Arc::new(crate::listing_cache::ListingCache::new(
+            config.listing_cache,
+        )),
         settings: Settings {
             max_body_size: config.max_body_size,
             view_limits: config.view_limits,
@@ -175,7 +195,8 @@ async fn probe_loop(gateway: Arc<Gateway>, upstream: Upstream) {
 static ACCEPT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(5));
 
 /// Serves connections from `listener` within `limits` until `shutdown`, then
-/// lets in-flight requests finish for up to `grace`.
+/// closes the listener (new connections are refused) and lets in-flight
+/// requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -258,8 +279,15 @@ pub async fn serve(
             }
         });
     }
+    // Stop accepting at once: a closed listener refuses new connections,
+    // where an open one nobody accepts from would leave them hanging in its
+    // backlog for the whole grace period.
+    drop(listener);
     drop(stopped);
-    tracing::info!(?grace, "shutting down: waiting for requests in flight");
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections; waiting for requests in flight"
+    );
     let _ = stop.send(true);
     if tokio::time::timeout(grace, stop.closed()).await.is_err() {
         tracing::warn!("requests still in flight after {grace:?}; closing them");

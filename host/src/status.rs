@@ -144,7 +144,8 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
             })
         })
         .collect();
-    let stats = &gateway.shadow_stats;
+    // This generation's counts (a reload starts them at zero).
+    let stats = gateway.shadow_stats.load();
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "generation": generation.number,
@@ -155,6 +156,7 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
             "agreed": stats.agreed.load(Ordering::Relaxed),
             "differed": stats.differed.load(Ordering::Relaxed),
             "failed": stats.failed.load(Ordering::Relaxed),
+            "dropped": stats.dropped.load(Ordering::Relaxed),
         })),
         "last_reload": *gateway.last_reload.lock().unwrap(),
         "backends": backends,

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, Method, Request, Response, Uri};
 use http_body_util::BodyExt;
@@ -81,31 +80,39 @@ impl Upstream {
         self.client.request(request).await
     }
 
-    /// GETs `path` from `backend` within `timeout` and returns status and body.
+    /// GETs `path` from `backend` with `headers` within `timeout` and returns
+    /// status and body.
     pub async fn get(
         &self,
         backend: &BackendState,
         path: &str,
+        headers: &HeaderMap,
         timeout: Duration,
-    ) -> anyhow::Result<(http::StatusCode, Bytes)> {
+    ) -> Result<(http::StatusCode, Bytes), BackendError> {
         let fetch = async {
             let response = self
                 .send(
                     backend,
                     &Method::GET,
                     path,
-                    &HeaderMap::new(),
+                    headers,
                     crate::empty_request_body(),
                 )
-                .await?;
+                .await
+                .map_err(|e| Failure::of_client(&e))?;
             let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, body))
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| Failure::Broken(cause(&e)))?
+                .to_bytes();
+            Ok((status, body))
         };
         tokio::time::timeout(timeout, fetch)
             .await
-            .with_context(|| format!("{} did not answer within {timeout:?}", backend.url))?
-            .with_context(|| format!("GET {}{path}", backend.url))
+            .unwrap_or(Err(Failure::TimedOut(timeout)))
+            .map_err(|failure| BackendError::at(backend, failure))
     }
 
     /// GETs and parses a JSON answer; a non-2xx status is an error.
@@ -114,11 +121,144 @@ impl Upstream {
         backend: &BackendState,
         path: &str,
         timeout: Duration,
-    ) -> anyhow::Result<T> {
-        let (status, body) = self.get(backend, path, timeout).await?;
-        anyhow::ensure!(status.is_success(), "GET {}{path}: {status}", backend.url);
-        serde_json::from_slice(&body)
-            .with_context(|| format!("GET {}{path}: bad JSON", backend.url))
+    ) -> Result<T, BackendError> {
+        self.get_json_with(backend, path, &HeaderMap::new(), timeout)
+            .await
+    }
+
+    /// [`Upstream::get_json`] with request headers.
+    pub async fn get_json_with<T: serde::de::DeserializeOwned>(
+        &self,
+        backend: &BackendState,
+        path: &str,
+        headers: &HeaderMap,
+        timeout: Duration,
+    ) -> Result<T, BackendError> {
+        let (status, body) = self.get(backend, path, headers, timeout).await?;
+        let failed = |failure| BackendError::at(backend, failure);
+        if !status.is_success() {
+            return Err(failed(Failure::Status {
+                status,
+                path: path.to_string(),
+            }));
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            failed(Failure::NotJson {
+                path: path.to_string(),
+                error: e.to_string(),
+            })
+        })
+    }
+}
+
+/// A failure at one backend, worded the same on every endpoint, routed or
+/// fanned out: `backend "gpu-01" (http://127.0.0.1:9) is unreachable: connection refused`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backend {id:?} ({url}) {failure}")]
+pub struct BackendError {
+    /// The backend's id.
+    pub id: String,
+    /// Its URL, without userinfo.
+    pub url: String,
+    /// What happened.
+    pub failure: Failure,
+}
+
+impl BackendError {
+    /// `failure` at `backend`.
+    pub fn at(backend: &BackendState, failure: Failure) -> BackendError {
+        BackendError {
+            id: backend.id.clone(),
+            url: backend.url.clone(),
+            failure,
+        }
+    }
+}
+
+/// What happened when llamagate talked to a backend, as data (for counting)
+/// and as the second half of [`BackendError`]'s sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// No connection could be made (refused, no route, unknown host, connect
+    /// timeout): the next replica may be tried.
+    #[error("is unreachable: {0}")]
+    Unreachable(String),
+    /// Connected, then the exchange broke (reset, closed early).
+    #[error("failed: {0}")]
+    Broken(String),
+    /// No complete answer in time.
+    #[error("did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// A listing or probe got a status other than 2xx.
+    #[error("answered {status} to GET {path}")]
+    Status {
+        /// The status.
+        status: http::StatusCode,
+        /// The path asked for.
+        path: String,
+    },
+    /// A listing or probe got a body that is not the JSON asked for.
+    #[error("answered GET {path} with unusable JSON: {error}")]
+    NotJson {
+        /// The path asked for.
+        path: String,
+        /// serde's complaint.
+        error: String,
+    },
+}
+
+impl Failure {
+    /// A failed [`Upstream::send`]: unreachable when no connection was made.
+    pub fn of_client(err: &hyper_util::client::legacy::Error) -> Failure {
+        if err.is_connect() {
+            Failure::Unreachable(cause(err))
+        } else {
+            Failure::Broken(cause(err))
+        }
+    }
+}
+
+/// The root cause of `err` in a few lower-case words (`connection refused`),
+/// not hyper's chain of wrappers (`client error (Connect): tcp connect error:
+/// Connection refused (os error 111)`).
+pub fn cause(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::ErrorKind;
+    let mut innermost = err;
+    let mut io = None;
+    let mut next = Some(err);
+    while let Some(e) = next {
+        innermost = e;
+        if let Some(found) = e.downcast_ref::<std::io::Error>() {
+            io = Some(found);
+        }
+        next = e.source();
+    }
+    let named = io.and_then(|io| match io.kind() {
+        ErrorKind::ConnectionRefused => Some("connection refused"),
+        ErrorKind::ConnectionReset => Some("connection reset"),
+        ErrorKind::ConnectionAborted => Some("connection aborted"),
+        ErrorKind::TimedOut => Some("connect timed out"),
+        ErrorKind::HostUnreachable => Some("host unreachable"),
+        ErrorKind::NetworkUnreachable => Some("network unreachable"),
+        ErrorKind::AddrNotAvailable => Some("address not available"),
+        ErrorKind::UnexpectedEof => Some("connection closed early"),
+        _ => None,
+    });
+    match named {
+        Some(words) => words.to_string(),
+        None => {
+            let text = innermost.to_string();
+            // `... (os error 111)`: the number says nothing to a reader.
+            let text = match text.rfind(" (os error ") {
+                Some(at) if text.ends_with(')') => text[..at].to_string(),
+                _ => text,
+            };
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => text,
+            }
+        }
     }
 }
 
@@ -137,6 +277,36 @@ fn join(base: &Uri, path: &str) -> Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_worded_in_one_sentence() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("tcp connect error")]
+        struct Wrapper(#[source] std::io::Error);
+        let refused = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(cause(&refused), "connection refused");
+        let dns = Wrapper(std::io::Error::other(
+            "Name or service not known (os error -2)",
+        ));
+        assert_eq!(cause(&dns), "name or service not known");
+        let error = BackendError {
+            id: "gpu-01".into(),
+            url: "http://127.0.0.1:9".into(),
+            failure: Failure::Unreachable(cause(&refused)),
+        };
+        assert_eq!(
+            error.to_string(),
+            "backend \"gpu-01\" (http://127.0.0.1:9) is unreachable: connection refused"
+        );
+        let status = Failure::Status {
+            status: http::StatusCode::NOT_FOUND,
+            path: "/api/tags".into(),
+        };
+        assert_eq!(
+            status.to_string(),
+            "answered 404 Not Found to GET /api/tags"
+        );
+    }
 
     #[test]
     fn joins_paths() {

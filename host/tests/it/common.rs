@@ -15,7 +15,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-pub use llamagate::sim::{self, SimHandle, SimOptions};
+pub use llamagate_sim::{self as sim, SimHandle, SimOptions};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -103,14 +103,30 @@ impl Proxy {
             .unwrap_or_else(|logs| panic!("llamagate did not start:\n{logs}"))
     }
 
-    fn try_start_with_env(args: &[&str], env: &[(&str, String)]) -> Result<Proxy, String> {
+    /// Starts llamagate with extra environment variables; `Err` holds its output.
+    pub fn try_start_with_env(args: &[&str], env: &[(&str, String)]) -> Result<Proxy, String> {
         Self::try_start_under(&[], args, env)
+    }
+
+    /// Starts llamagate with `--level LEVEL` instead of `--level info`.
+    pub fn start_at_level(level: &str, args: &[&str]) -> Proxy {
+        Self::try_start_full(&[], args, &[], level)
+            .unwrap_or_else(|logs| panic!("llamagate did not start:\n{logs}"))
     }
 
     fn try_start_under(
         prefix: &[&str],
         args: &[&str],
         env: &[(&str, String)],
+    ) -> Result<Proxy, String> {
+        Self::try_start_full(prefix, args, env, "info")
+    }
+
+    fn try_start_full(
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, String)],
+        level: &str,
     ) -> Result<Proxy, String> {
         let binary = env!("CARGO_BIN_EXE_llamagate");
         let mut command = match prefix.split_first() {
@@ -124,7 +140,7 @@ impl Proxy {
         let mut child = command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .args(["--listen", "127.0.0.1:0", "--level", "info"])
+            .args(["--listen", "127.0.0.1:0", "--level", level])
             .env_remove("LLAMAGATE_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -131,6 +131,8 @@ async fn a_down_backend_is_skipped_and_all_down_is_an_error() {
     );
 
     live.shutdown();
+    // Past the default `listing_cache` (1 s), which still holds the answer.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let r = get(&format!("{}/api/tags", proxy.url)).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.json()["error"]

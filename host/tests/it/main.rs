@@ -3,17 +3,24 @@
 
 mod common;
 
+mod backends;
 mod bypass;
 mod client_limits;
 mod clients;
+mod command_line;
 mod config;
+mod config_errors;
 mod errors;
 mod examples;
 mod fanout;
 mod flood;
+mod listings;
+mod management;
 mod plugins;
+mod precedence;
 mod python_example;
 mod reload;
 mod routing;
 mod secrets;
+mod shadow;
 mod streaming;

@@ -216,7 +216,7 @@ async fn sighup_reloads() {
 async fn sigterm_lets_a_stream_in_flight_finish() {
     use http_body_util::BodyExt;
     let sim = sim::spawn(SimOptions {
-        chunks: 6,
+        chunks: 12,
         chunk_delay: Duration::from_millis(150),
         ..SimOptions::default()
     })
@@ -240,6 +240,34 @@ async fn sigterm_lets_a_stream_in_flight_finish() {
         .unwrap()
         .to_vec();
     proxy.signal("TERM");
+    // During the grace period, a new client is turned away at once (refused,
+    // or a 503), not left hanging in an open listener's backlog.
+    let addr = proxy.url.trim_start_matches("http://").to_string();
+    let turned_away = Instant::now() + Duration::from_secs(1);
+    loop {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"GET /api/version HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await?;
+            let mut answer = vec![0; 64];
+            let n = s.read(&mut answer).await?;
+            std::io::Result::Ok(String::from_utf8_lossy(&answer[..n]).into_owned())
+        };
+        match tokio::time::timeout(Duration::from_millis(300), attempt).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            Ok(Ok(answer)) if answer.starts_with("HTTP/1.1 503") => break,
+            other => assert!(
+                Instant::now() < turned_away,
+                "a new connection during the grace period was not refused: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        proxy.alive(),
+        "still in its grace period, finishing the stream"
+    );
     while let Some(frame) = body.frame().await {
         text.extend_from_slice(
             &frame

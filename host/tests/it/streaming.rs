@@ -33,6 +33,10 @@ async fn first_chunk_arrives_before_the_backend_finishes() {
             "/v1/chat/completions",
             json!({"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"hi"}]}),
         ),
+        (
+            "/v1/messages",
+            json!({"model":"llama3.2","stream":true,"max_tokens":64,"messages":[{"role":"user","content":"hi"}]}),
+        ),
     ] {
         let start = Instant::now();
         let response = open(
@@ -61,6 +65,16 @@ async fn first_chunk_arrives_before_the_backend_finishes() {
             total - first_at >= Duration::from_millis(1000),
             "{path}: first chunk at {first_at:?} of {total:?}"
         );
+        if path == "/v1/messages" {
+            // Anthropic's event stream arrives whole: it starts with
+            // `message_start` and ends with `message_stop`.
+            assert!(first.starts_with(b"event: message_start\n"), "{first:?}");
+            let rest = String::from_utf8_lossy(&rest);
+            assert!(
+                rest.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+                "{rest}"
+            );
+        }
     }
 }
 

@@ -10,7 +10,10 @@
 //!   (always set) and a `num_ctx` ceiling, globally and per model;
 //! - an optional header that pins a blob upload, a create or a pull to one
 //!   backend (`x-llamagate-backend`); other requests are routed by the map
-//!   whatever the header says, and the header never reaches a backend.
+//!   whatever the header says, and the header never reaches a backend;
+//! - an unpinned pull or create of a model no backend has yet goes to the
+//!   best backend (a configured model: to its backends); a create prefers the
+//!   backends that already have its `from` model.
 //!
 //! Replicas are ordered healthy first, then those with the model loaded, then
 //! by fewest requests in flight.
@@ -21,7 +24,7 @@ use llamagate_sdk::names;
 use serde::Deserialize;
 
 mod rules;
-pub use rules::{Config, ModelRules, OptionRules};
+pub use rules::{create_base, Config, ModelRules, OptionRules};
 
 #[cfg(target_arch = "wasm32")]
 mod guest {
@@ -101,7 +104,19 @@ mod guest {
         }
         let target = target.as_deref().unwrap_or(model);
         if edits.backends.is_none() {
-            edits.backends = Some(route(config, req.endpoint, target, backends));
+            let mut chosen = route(config, req.endpoint, target, backends);
+            if req.endpoint == Endpoint::Create {
+                // Unpinned: where the base model (`from`) already is, if
+                // anywhere, so Ollama need not fetch it from the registry.
+                if let Some(base) = create_base(&llamagate_sdk::request_body()) {
+                    prefer_serving(
+                        &mut chosen,
+                        &config.resolve_alias(&base).unwrap_or(base),
+                        backends,
+                    );
+                }
+            }
+            edits.backends = Some(chosen);
         }
         if takes_options(req.endpoint) {
             let rules = config.rules_for(target);
@@ -143,6 +158,18 @@ mod guest {
             return order(backends.iter().collect(), None);
         }
         order(serving, Some(&key))
+    }
+
+    /// Moves the backends that serve `model` to the front, healthy ones
+    /// first, keeping the order otherwise.
+    fn prefer_serving(chosen: &mut [String], model: &str, backends: &[Backend]) {
+        let key = names::key(model);
+        let rank = |id: &String| {
+            let b = backends.iter().find(|b| &b.id == id);
+            let serves = b.is_some_and(|b| b.models.iter().any(|m| names::key(m) == key));
+            (!b.is_some_and(|b| b.healthy), !serves)
+        };
+        chosen.sort_by_key(rank);
     }
 
     /// Healthy first, then with the model loaded, then fewest in flight.

@@ -131,17 +131,38 @@ impl Config {
         header.map(str::trim).filter(|h| !h.is_empty())
     }
 
-    /// The rules that apply to `model`: per-model values win over global ones.
+    /// The rules that apply to `model`. Per-model rules win over global
+    /// ones, option by option: a per-model `enforce` or `defaults` value of
+    /// an option sets aside both global rules for it, and a per-model
+    /// `max_num_ctx` replaces the global one (see [`Effective`]).
     pub fn rules_for(&self, model: &str) -> Effective<'_> {
         let specific = self.overrides.get(&names::key(model));
-        let pick = |f: fn(&ModelRules) -> Option<&Value>| specific.and_then(f).or(f(&self.global));
-        let pick_i = |f: fn(&ModelRules) -> Option<i64>| specific.and_then(f).or(f(&self.global));
+        let layer = |f: fn(&ModelRules) -> &OptionRules| {
+            let m = specific.map(f);
+            let g = f(&self.global);
+            (m, g)
+        };
+        let (m_enforce, g_enforce) = layer(|r| &r.enforce);
+        let (m_default, g_default) = layer(|r| &r.defaults);
+        let num_ctx = |r: Option<&OptionRules>| r.and_then(|r| r.num_ctx);
+        fn keep_alive(r: Option<&OptionRules>) -> Option<&Value> {
+            r.and_then(|r| r.keep_alive.as_ref())
+        }
         Effective {
-            default_num_ctx: pick_i(|r| r.defaults.num_ctx),
-            enforce_num_ctx: pick_i(|r| r.enforce.num_ctx),
-            max_num_ctx: pick_i(|r| r.max_num_ctx),
-            default_keep_alive: pick(|r| r.defaults.keep_alive.as_ref()),
-            enforce_keep_alive: pick(|r| r.enforce.keep_alive.as_ref()),
+            num_ctx: Rule::of(
+                num_ctx(m_enforce),
+                num_ctx(m_default),
+                num_ctx(Some(g_enforce)),
+                num_ctx(Some(g_default)),
+            ),
+            model_max_num_ctx: specific.and_then(|r| r.max_num_ctx),
+            global_max_num_ctx: self.global.max_num_ctx,
+            keep_alive: Rule::of(
+                keep_alive(m_enforce),
+                keep_alive(m_default),
+                keep_alive(Some(g_enforce)),
+                keep_alive(Some(g_default)),
+            ),
         }
     }
 
@@ -164,35 +185,111 @@ impl Config {
     }
 }
 
-/// The rules in force for one model.
+/// Which rule decides an option for one model: the first set of per-model
+/// `enforce`, per-model `defaults`, global `enforce`, global `defaults`.
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub enum Rule<T> {
+    /// No rule: the client's value, or none.
+    Free,
+    /// Always this value, whatever the client sent; `true`: a per-model rule.
+    Enforce(T, bool),
+    /// This value when the client sent none; `true`: a per-model rule.
+    Default(T, bool),
+}
+
+impl<T> Rule<T> {
+    fn of(
+        m_enforce: Option<T>,
+        m_default: Option<T>,
+        g_enforce: Option<T>,
+        g_default: Option<T>,
+    ) -> Self {
+        match (m_enforce, m_default, g_enforce, g_default) {
+            (Some(v), ..) => Rule::Enforce(v, true),
+            (None, Some(v), ..) => Rule::Default(v, true),
+            (None, None, Some(v), _) => Rule::Enforce(v, false),
+            (None, None, None, Some(v)) => Rule::Default(v, false),
+            (None, None, None, None) => Rule::Free,
+        }
+    }
+}
+
+/// The rules in force for one model, per-model ones winning over global ones:
+///
+/// - For each of `num_ctx` and `keep_alive`, one rule decides: per-model
+///   `enforce`, else per-model `defaults` (the client's value if it sent one),
+///   else global `enforce`, else global `defaults` (the client's value first).
+/// - `max_num_ctx` lowers the resulting `num_ctx`: the per-model cap if the
+///   model has one, else the global cap — which never lowers a value a
+///   per-model rule set (the operator chose it for that model).
 #[derive(Debug, PartialEq)]
 pub struct Effective<'a> {
-    default_num_ctx: Option<i64>,
-    enforce_num_ctx: Option<i64>,
-    max_num_ctx: Option<i64>,
-    default_keep_alive: Option<&'a Value>,
-    enforce_keep_alive: Option<&'a Value>,
+    num_ctx: Rule<i64>,
+    model_max_num_ctx: Option<i64>,
+    global_max_num_ctx: Option<i64>,
+    keep_alive: Rule<&'a Value>,
 }
 
 impl Effective<'_> {
     /// The `num_ctx` to write, given the request's (`None` = leave it alone).
     pub fn num_ctx(&self, current: Option<i64>) -> Option<i64> {
-        let wanted = self.enforce_num_ctx.or(current).or(self.default_num_ctx)?;
-        let capped = match self.max_num_ctx {
-            Some(max) => wanted.min(max),
-            None => wanted,
+        let (wanted, per_model) = match (self.num_ctx, current) {
+            (Rule::Enforce(v, m), _) => (v, m),
+            (_, Some(current)) => (current, false),
+            (Rule::Default(v, m), None) => (v, m),
+            (Rule::Free, None) => return None,
         };
+        let cap = match (self.model_max_num_ctx, per_model) {
+            (Some(max), _) => Some(max),
+            (None, false) => self.global_max_num_ctx,
+            (None, true) => None,
+        };
+        let capped = cap.map_or(wanted, |max| wanted.min(max));
         (Some(capped) != current).then_some(capped)
     }
 
     /// The `keep_alive` to write, given whether the request has one.
     pub fn keep_alive(&self, present: bool) -> Option<&Value> {
-        self.enforce_keep_alive.or(if present {
-            None
-        } else {
-            self.default_keep_alive
-        })
+        match self.keep_alive {
+            Rule::Enforce(v, _) => Some(v),
+            Rule::Default(v, _) if !present => Some(v),
+            _ => None,
+        }
     }
+}
+
+/// The base model of an `/api/create` body (`from`), read as Go's
+/// `encoding/json` reads it: keys matched case-insensitively, the last one
+/// in the body winning, `null` leaving it as it was. `None` when there is
+/// none (a create from blobs) or the body is not such an object.
+pub fn create_base(body: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct LastFrom;
+    impl<'de> Visitor<'de> for LastFrom {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let mut last = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key.eq_ignore_ascii_case("from") {
+                    if let Some(value) = map.next_value::<Option<String>>()? {
+                        last = Some(value);
+                    }
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(last)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_map(LastFrom)
+        .ok()
+        .flatten()
+        .filter(|v| !v.trim().is_empty())
 }
 
 fn validate(rules: &ModelRules, prefix: &str) -> Result<(), String> {
@@ -299,6 +396,186 @@ mod tests {
         assert_eq!(c.rules_for("x").keep_alive(false), Some(&json!("10m")));
         assert_eq!(c.rules_for("x").keep_alive(true), None);
         assert_eq!(c.rules_for("pinned").keep_alive(true), Some(&json!(-1)));
+    }
+
+    /// One config per cell of the README's precedence table: the global rule
+    /// (none, `defaults`, `enforce`) and the per-model rule (likewise) of an
+    /// option, with the global value 1 and the per-model value 2.
+    fn precedence_config(option: &str, global: &str, model: &str) -> Config {
+        let (g, m) = match option {
+            "num_ctx" => (json!(1000), json!(2000)),
+            _ => (json!("1m"), json!("2m")),
+        };
+        let mut v = json!({"overrides": {"m": {}}});
+        if global != "none" {
+            v[global] = json!({ option: g });
+        }
+        if model != "none" {
+            v["overrides"]["m"][model] = json!({ option: m });
+        }
+        config(v)
+    }
+
+    #[test]
+    fn per_model_rules_win_over_global_ones_in_every_cell() {
+        // (global rule, per-model rule, result when the client sent its own
+        // value, result when it sent none): "client", "global", "model" or "-".
+        let table = [
+            ("none", "none", "client", "-"),
+            ("defaults", "none", "client", "global"),
+            ("enforce", "none", "global", "global"),
+            ("none", "defaults", "client", "model"),
+            ("defaults", "defaults", "client", "model"),
+            ("enforce", "defaults", "client", "model"),
+            ("none", "enforce", "model", "model"),
+            ("defaults", "enforce", "model", "model"),
+            ("enforce", "enforce", "model", "model"),
+        ];
+        for (global, model, sent, unsent) in table {
+            let cell = format!("global {global}, per-model {model}");
+            // num_ctx: the client sends 3000; `None` from num_ctx() = unchanged.
+            let c = precedence_config("num_ctx", global, model);
+            let rules = c.rules_for("m");
+            let want = |who: &str| match who {
+                "global" => Some(1000),
+                "model" => Some(2000),
+                _ => None,
+            };
+            let got_sent = rules.num_ctx(Some(3000)).or(Some(3000));
+            let want_sent = want(sent).or(Some(3000));
+            assert_eq!(got_sent, want_sent, "num_ctx, client sent one: {cell}");
+            assert_eq!(
+                rules.num_ctx(None),
+                want(unsent),
+                "num_ctx, none sent: {cell}"
+            );
+            // Another model only ever sees the global rule.
+            let other = c.rules_for("other");
+            let global_only = if global == "none" { None } else { Some(1000) };
+            assert_eq!(other.num_ctx(None), global_only, "other model: {cell}");
+
+            // keep_alive: `None` = the client's (or no) value stays.
+            let c = precedence_config("keep_alive", global, model);
+            let rules = c.rules_for("m");
+            let want = |who: &str| match who {
+                "global" => Some(json!("1m")),
+                "model" => Some(json!("2m")),
+                _ => None,
+            };
+            let cleared = |who: &str| if who == "client" { None } else { want(who) };
+            assert_eq!(
+                rules.keep_alive(true).cloned(),
+                cleared(sent),
+                "keep_alive, client sent one: {cell}"
+            );
+            assert_eq!(
+                rules.keep_alive(false).cloned(),
+                want(unsent),
+                "keep_alive, none sent: {cell}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_num_ctx_per_model_wins_and_never_lowers_a_per_model_value() {
+        // (config, request's num_ctx, num_ctx sent on)
+        let cases = [
+            // The global cap lowers the client's value and global rules' values.
+            (json!({"max_num_ctx": 4096}), Some(8192), Some(4096)),
+            (
+                json!({"max_num_ctx": 4096, "defaults": {"num_ctx": 8192}}),
+                None,
+                Some(4096),
+            ),
+            (
+                json!({"max_num_ctx": 4096, "enforce": {"num_ctx": 8192}}),
+                Some(100),
+                Some(4096),
+            ),
+            // A per-model cap replaces the global one, up or down.
+            (
+                json!({"max_num_ctx": 4096, "overrides": {"m": {"max_num_ctx": 16384}}}),
+                Some(8192),
+                Some(8192),
+            ),
+            (
+                json!({"max_num_ctx": 16384, "overrides": {"m": {"max_num_ctx": 2048}}}),
+                Some(8192),
+                Some(2048),
+            ),
+            (
+                json!({"enforce": {"num_ctx": 8192}, "overrides": {"m": {"max_num_ctx": 2048}}}),
+                None,
+                Some(2048),
+            ),
+            // A global cap never lowers a value a per-model rule set...
+            (
+                json!({"max_num_ctx": 4096, "overrides": {"m": {"enforce": {"num_ctx": 16384}}}}),
+                Some(1),
+                Some(16384),
+            ),
+            (
+                json!({"max_num_ctx": 4096, "overrides": {"m": {"defaults": {"num_ctx": 16384}}}}),
+                None,
+                Some(16384),
+            ),
+            // ... but still caps what the client asks for.
+            (
+                json!({"max_num_ctx": 4096, "overrides": {"m": {"defaults": {"num_ctx": 16384}}}}),
+                Some(65536),
+                Some(4096),
+            ),
+            // The model's own cap applies to its own values.
+            (
+                json!({"overrides": {"m": {"enforce": {"num_ctx": 16384}, "max_num_ctx": 8192}}}),
+                None,
+                Some(8192),
+            ),
+        ];
+        for (v, current, want) in cases {
+            let c = config(v.clone());
+            let got = c.rules_for("m").num_ctx(current).or(current);
+            assert_eq!(got, want, "{v} with num_ctx {current:?}");
+        }
+    }
+
+    #[test]
+    fn the_readme_case_per_model_default_beats_global_enforce() {
+        let c = config(json!({
+            "enforce": {"keep_alive": "5m"},
+            "overrides": {"qwen2.5:14b": {"defaults": {"keep_alive": -1}}}
+        }));
+        assert_eq!(
+            c.rules_for("qwen2.5:14b").keep_alive(false),
+            Some(&json!(-1))
+        );
+        assert_eq!(c.rules_for("qwen2.5:14b").keep_alive(true), None);
+        assert_eq!(c.rules_for("llama3.2").keep_alive(true), Some(&json!("5m")));
+    }
+
+    #[test]
+    fn create_base_is_read_as_go_reads_it() {
+        assert_eq!(
+            create_base(br#"{"model":"m","from":"llama3.2"}"#).as_deref(),
+            Some("llama3.2")
+        );
+        assert_eq!(
+            create_base(br#"{"From":"a","fROM":"b"}"#).as_deref(),
+            Some("b"),
+            "last wins"
+        );
+        assert_eq!(
+            create_base(br#"{"from":"a","from":null}"#).as_deref(),
+            Some("a"),
+            "null is no-op"
+        );
+        assert_eq!(
+            create_base(br#"{"model":"m","files":{"x.gguf":"sha256:00"}}"#),
+            None
+        );
+        assert_eq!(create_base(br#"{"from":""}"#), None);
+        assert_eq!(create_base(b"[1]"), None);
+        assert_eq!(create_base(b"not json"), None);
     }
 
     #[test]

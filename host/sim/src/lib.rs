@@ -2,7 +2,8 @@
 //!
 //! The simulator speaks the Ollama HTTP API as described in `OLLAMA_API.md`: the
 //! native `/api/*` endpoints (NDJSON streams, Go-worded errors, load and unload
-//! requests), the OpenAI-compatible `/v1/*` layer (SSE streams, error envelopes) and
+//! requests), the OpenAI-compatible `/v1/*` layer (SSE streams, error envelopes;
+//! `/v1/messages` streams Anthropic's `event:` sequence) and
 //! Gin's router behaviour (`404 page not found`, `405 method not allowed`, trailing
 //! slash redirects, the loopback `Host` check). Bodies are compact JSON written the
 //! way Go's `encoding/json` writes them (struct field order, `<>&` escaped).
@@ -25,15 +26,22 @@
 //! the chat not-found wording (0.12.0), `405` answers (0.7.0), real error statuses
 //! before a stream starts (0.12.6), `/v1/embeddings` `encoding_format` (0.12.7),
 //! `/api/show` capabilities (0.6.4) and `/api/ps` `context_length` (0.10.0).
+//!
+//! This crate is a test fixture, not part of llamagate's library: the tests, the
+//! benches and the `demo`/`sim` commands depend on it, and it depends on nothing
+//! of the gateway's (only on `llamagate-sdk` for Ollama's model-name rules).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::stream;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -47,6 +55,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use llamagate_sdk::names;
 use serde_json::Value;
 use tokio::net::TcpListener;
+
+mod go;
+use go::*;
 
 /// Behaviour of one simulated backend.
 #[derive(Clone, Debug)]
@@ -231,7 +242,9 @@ async fn run(listener: TcpListener, state: Arc<State>) {
 
 struct State {
     version: String,
-    ver: (u64, u64, u64),
+    /// `major.minor.patch` of `version` (pre-release and build suffixes ignored);
+    /// `None` for a development build (`0.0.0`) or a version that is not semver.
+    ver: Option<(u64, u64, u64)>,
     chunks: usize,
     delay: Duration,
     record: bool,
@@ -302,7 +315,7 @@ impl State {
             .map(|h| h.trim().to_ascii_lowercase())
             .unwrap_or_default();
         State {
-            ver: parse_version(&opts.version),
+            ver: release(&opts.version),
             version: opts.version,
             chunks: opts.chunks,
             delay: opts.chunk_delay,
@@ -322,7 +335,7 @@ impl State {
 
     fn at_least(&self, major: u64, minor: u64, patch: u64) -> bool {
         // Development builds report 0.0.0 and behave like the newest release.
-        self.ver == (0, 0, 0) || self.ver >= (major, minor, patch)
+        self.ver.is_none_or(|v| v >= (major, minor, patch))
     }
 
     fn find(&self, name: &str) -> Option<ModelEntry> {
@@ -651,9 +664,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Si
     } else {
         let req = Req {
             method: parts.method,
-            path: crate::api::path::decode(parts.uri.path())
-                .map(|p| String::from_utf8_lossy(&p).into_owned())
-                .unwrap_or_else(|_| parts.uri.path().to_string()),
+            // Go's `net/http` routes on the percent-decoded path.
+            path: percent_encoding::percent_decode_str(parts.uri.path())
+                .decode_utf8_lossy()
+                .into_owned(),
             query: parts.uri.query().map(str::to_string),
             body,
         };
@@ -2160,7 +2174,7 @@ fn oai_embeddings(st: &State, body: &[u8]) -> Reply {
         let obj = Obj::new().s("object", "embedding");
         let obj = if base64 {
             let bytes: Vec<u8> = vec.iter().flat_map(|x| x.to_le_bytes()).collect();
-            obj.s("embedding", &base64_encode(&bytes))
+            obj.s("embedding", &BASE64.encode(&bytes))
         } else {
             obj.raw("embedding", &f32_array(&vec))
         };
@@ -2335,6 +2349,18 @@ fn anthropic_messages(st: &State, body: &[u8]) -> Reply {
         field(&v, "max_tokens").and_then(Value::as_i64),
         None,
     );
+    let id = format!("msg_{}", st.next_id());
+    let stop_reason = if g.done_reason == "length" {
+        "max_tokens"
+    } else {
+        "end_turn"
+    };
+    if field(&v, "stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        return anthropic_stream(&g, &id, &model, stop_reason);
+    }
     let content = Obj::new().s("type", "text").s("text", &g.text()).done();
     let usage = Obj::new()
         .n("input_tokens", g.prompt_tokens)
@@ -2344,45 +2370,99 @@ fn anthropic_messages(st: &State, body: &[u8]) -> Reply {
         StatusCode::OK,
         Some(OPENAI_JSON_CT),
         Obj::new()
-            .s("id", &format!("msg_{}", st.next_id()))
+            .s("id", &id)
             .s("type", "message")
             .s("role", "assistant")
             .s("model", &model)
             .raw("content", &array([content]))
-            .s(
-                "stop_reason",
-                if g.done_reason == "length" {
-                    "max_tokens"
-                } else {
-                    "end_turn"
-                },
-            )
+            .s("stop_reason", stop_reason)
             .null("stop_sequence")
             .raw("usage", &usage)
             .done(),
     )
 }
 
+/// A Messages answer streamed in Anthropic's event format: `message_start`, one
+/// text block (`content_block_start`, a `text_delta` per chunk,
+/// `content_block_stop`), `message_delta` with the stop reason and the output
+/// usage, then `message_stop`.
+fn anthropic_stream(g: &Gen, id: &str, model: &str, stop_reason: &str) -> Reply {
+    let event = |name: &'static str, data: String| {
+        Piece::Emit(Box::new(move || {
+            Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+        }))
+    };
+    let usage = Obj::new()
+        .n("input_tokens", g.prompt_tokens)
+        .n("output_tokens", 0)
+        .done();
+    let message = Obj::new()
+        .s("id", id)
+        .s("type", "message")
+        .s("role", "assistant")
+        .s("model", model)
+        .raw("content", "[]")
+        .null("stop_reason")
+        .null("stop_sequence")
+        .raw("usage", &usage)
+        .done();
+    let block = Obj::new().s("type", "text").s("text", "").done();
+    let mut pieces = vec![
+        event(
+            "message_start",
+            Obj::new()
+                .s("type", "message_start")
+                .raw("message", &message)
+                .done(),
+        ),
+        event(
+            "content_block_start",
+            Obj::new()
+                .s("type", "content_block_start")
+                .n("index", 0)
+                .raw("content_block", &block)
+                .done(),
+        ),
+    ];
+    for t in &g.tokens {
+        let delta = Obj::new().s("type", "text_delta").s("text", t).done();
+        pieces.push(event(
+            "content_block_delta",
+            Obj::new()
+                .s("type", "content_block_delta")
+                .n("index", 0)
+                .raw("delta", &delta)
+                .done(),
+        ));
+    }
+    let delta = Obj::new()
+        .s("stop_reason", stop_reason)
+        .null("stop_sequence")
+        .done();
+    let usage = Obj::new().n("output_tokens", g.eval_count()).done();
+    pieces.extend([
+        event(
+            "content_block_stop",
+            Obj::new()
+                .s("type", "content_block_stop")
+                .n("index", 0)
+                .done(),
+        ),
+        event(
+            "message_delta",
+            Obj::new()
+                .s("type", "message_delta")
+                .raw("delta", &delta)
+                .raw("usage", &usage)
+                .done(),
+        ),
+        event("message_stop", Obj::new().s("type", "message_stop").done()),
+    ]);
+    sse(pieces)
+}
+
 // ---------------------------------------------------------------------------
-// Go-compatible request decoding
-
-enum DecodeError {
-    /// Empty or whitespace-only body (`io.EOF`).
-    Eof,
-    Msg(String),
-}
-
-/// The JSON kinds a request field may be declared with.
-#[derive(Clone, Copy)]
-enum Kind {
-    Str,
-    Bool,
-    Num,
-    /// An array, with the Go type named in errors.
-    Arr(&'static str),
-    /// An object, with the Go type named in errors.
-    Map(&'static str),
-}
+// Ollama's request rules
 
 const OPTIONS: Kind = Kind::Map("map[string]interface {}");
 
@@ -2392,86 +2472,6 @@ fn decode_native(body: &[u8], go_type: &str, fields: &[(&str, Kind)]) -> Result<
         Err(DecodeError::Eof) => Err(native_err(400, "missing request body")),
         Err(DecodeError::Msg(m)) => Err(native_err(400, &m)),
     }
-}
-
-/// Decodes the first JSON value of `body` as Go's `json.Decoder` would into a
-/// struct named `go_type` (`short` without the package), including the errors
-/// `keep_alive` parsing and mistyped fields produce.
-fn go_decode(
-    body: &[u8],
-    go_type: &str,
-    short: &str,
-    fields: &[(&str, Kind)],
-) -> Result<Value, DecodeError> {
-    let (start, end) = scan_first_value(body)?;
-    let slice = &body[start..end];
-    let v: Value = match serde_json::from_slice(slice) {
-        Ok(v) => v,
-        Err(_) => serde_json::from_str(&String::from_utf8_lossy(slice))
-            .map_err(|e| DecodeError::Msg(e.to_string()))?,
-    };
-    if !v.is_object() {
-        if v.is_null() {
-            return Ok(Value::Object(serde_json::Map::new()));
-        }
-        return Err(DecodeError::Msg(format!(
-            "json: cannot unmarshal {} into Go value of type {go_type}",
-            kind_name(&v)
-        )));
-    };
-    // Unmarshaler errors (keep_alive) stop decoding; type errors are reported last.
-    if let Some(k) = field(&v, "keep_alive").filter(|k| !k.is_null()) {
-        parse_keep_alive(k).map_err(DecodeError::Msg)?;
-    }
-    for (name, kind) in fields {
-        let Some(val) = field(&v, name) else { continue };
-        let ok = match kind {
-            Kind::Str => val.is_string(),
-            Kind::Bool => val.is_boolean(),
-            Kind::Arr(_) => val.is_array(),
-            Kind::Map(_) => val.is_object(),
-            Kind::Num => val.is_number(),
-        };
-        if !ok && !val.is_null() {
-            let go_kind = match kind {
-                Kind::Str => "string",
-                Kind::Bool => "bool",
-                Kind::Arr(t) | Kind::Map(t) => t,
-                Kind::Num => "int",
-            };
-            return Err(DecodeError::Msg(format!(
-                "json: cannot unmarshal {} into Go struct field {short}.{name} of type {go_kind}",
-                kind_name(val)
-            )));
-        }
-    }
-    Ok(v)
-}
-
-fn kind_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// A field of a JSON object, matched as Go matches struct fields: exactly, else
-/// case-insensitively.
-fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    let obj = v.as_object()?;
-    obj.get(name).or_else(|| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    })
-}
-
-fn str_field(v: &Value, name: &str) -> Option<String> {
-    field(v, name).and_then(Value::as_str).map(str::to_string)
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -2590,536 +2590,8 @@ fn parse_keep_alive(v: &Value) -> Result<i128, String> {
     }
 }
 
-/// Go's `time.ParseDuration`, in nanoseconds.
-fn parse_go_duration(orig: &str) -> Result<i128, String> {
-    let invalid = || format!("time: invalid duration {}", go_quote(orig));
-    let mut s = orig;
-    let mut neg = false;
-    if let Some(rest) = s.strip_prefix('-') {
-        neg = true;
-        s = rest;
-    } else if let Some(rest) = s.strip_prefix('+') {
-        s = rest;
-    }
-    if s == "0" {
-        return Ok(0);
-    }
-    if s.is_empty() {
-        return Err(invalid());
-    }
-    let mut total: f64 = 0.0;
-    while !s.is_empty() {
-        if !s.starts_with(|c: char| c == '.' || c.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        let int_len = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let int_part = &s[..int_len];
-        s = &s[int_len..];
-        let mut frac_part = "";
-        if let Some(rest) = s.strip_prefix('.') {
-            let frac_len = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            frac_part = &rest[..frac_len];
-            s = &rest[frac_len..];
-        }
-        if int_part.is_empty() && frac_part.is_empty() {
-            return Err(invalid());
-        }
-        let unit_len = s
-            .find(|c: char| c == '.' || c.is_ascii_digit())
-            .unwrap_or(s.len());
-        if unit_len == 0 {
-            return Err(format!("time: missing unit in duration {}", go_quote(orig)));
-        }
-        let unit = &s[..unit_len];
-        s = &s[unit_len..];
-        let mult: f64 = match unit {
-            "ns" => 1.0,
-            "us" | "\u{b5}s" | "\u{3bc}s" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => {
-                return Err(format!(
-                    "time: unknown unit {} in duration {}",
-                    go_quote(unit),
-                    go_quote(orig)
-                ))
-            }
-        };
-        let value: f64 = format!(
-            "{}.{}",
-            if int_part.is_empty() { "0" } else { int_part },
-            frac_part
-        )
-        .trim_end_matches('.')
-        .parse()
-        .map_err(|_| invalid())?;
-        total += value * mult;
-        if total > i64::MAX as f64 {
-            return Err(invalid());
-        }
-    }
-    let ns = total as i128;
-    Ok(if neg { -ns } else { ns })
-}
-
-/// Finds the first JSON value in `b` the way Go's `json.Decoder` scans it, with
-/// Go's syntax error wording. Returns the value's byte range.
-fn scan_first_value(b: &[u8]) -> Result<(usize, usize), DecodeError> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Ctx {
-        ObjKey,
-        ObjVal,
-        Arr,
-    }
-    #[derive(Clone, Copy)]
-    enum St {
-        BeginValue,
-        BeginValueOrEmpty,
-        BeginStringOrEmpty,
-        BeginString,
-        EndValue,
-        InString,
-        InStringEsc,
-        InStringEscU(u8),
-        Neg,
-        One,
-        Zero,
-        Dot,
-        Dot0,
-        E,
-        ESign,
-        E0,
-        Lit(&'static str, usize),
-    }
-    let ws = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
-    let mut i = 0;
-    while i < b.len() && ws(b[i]) {
-        i += 1;
-    }
-    if i == b.len() {
-        return Err(DecodeError::Eof);
-    }
-    let start = i;
-    let mut stack: Vec<Ctx> = Vec::new();
-    let mut st = St::BeginValue;
-    let err =
-        |c: u8, ctx: &str| DecodeError::Msg(format!("invalid character {} {ctx}", quote_char(c)));
-    loop {
-        if i == b.len() {
-            if stack.is_empty()
-                && matches!(st, St::EndValue | St::One | St::Zero | St::Dot0 | St::E0)
-            {
-                return Ok((start, i));
-            }
-            return Err(DecodeError::Msg("unexpected EOF".to_string()));
-        }
-        let c = b[i];
-        match st {
-            St::BeginValueOrEmpty => {
-                if ws(c) {
-                    i += 1;
-                } else if c == b']' {
-                    st = St::EndValue;
-                } else {
-                    st = St::BeginValue;
-                }
-            }
-            St::BeginValue => {
-                i += 1;
-                st = match c {
-                    _ if ws(c) => St::BeginValue,
-                    b'{' => {
-                        stack.push(Ctx::ObjKey);
-                        St::BeginStringOrEmpty
-                    }
-                    b'[' => {
-                        stack.push(Ctx::Arr);
-                        St::BeginValueOrEmpty
-                    }
-                    b'"' => St::InString,
-                    b'-' => St::Neg,
-                    b'0' => St::Zero,
-                    b'1'..=b'9' => St::One,
-                    b't' => St::Lit("true", 1),
-                    b'f' => St::Lit("false", 1),
-                    b'n' => St::Lit("null", 1),
-                    _ => return Err(err(c, "looking for beginning of value")),
-                };
-            }
-            St::BeginStringOrEmpty => {
-                if ws(c) {
-                    i += 1;
-                } else if c == b'}' {
-                    if let Some(top) = stack.last_mut() {
-                        *top = Ctx::ObjVal;
-                    }
-                    st = St::EndValue;
-                } else {
-                    st = St::BeginString;
-                }
-            }
-            St::BeginString => {
-                if ws(c) {
-                    i += 1;
-                } else if c == b'"' {
-                    i += 1;
-                    st = St::InString;
-                } else {
-                    return Err(err(c, "looking for beginning of object key string"));
-                }
-            }
-            St::EndValue => {
-                let Some(top) = stack.last().copied() else {
-                    return Ok((start, i));
-                };
-                if ws(c) {
-                    i += 1;
-                    continue;
-                }
-                i += 1;
-                match (top, c) {
-                    (Ctx::ObjKey, b':') => {
-                        *stack.last_mut().expect("non-empty") = Ctx::ObjVal;
-                        st = St::BeginValue;
-                    }
-                    (Ctx::ObjKey, _) => return Err(err(c, "after object key")),
-                    (Ctx::ObjVal, b',') => {
-                        *stack.last_mut().expect("non-empty") = Ctx::ObjKey;
-                        st = St::BeginString;
-                    }
-                    (Ctx::ObjVal, b'}') | (Ctx::Arr, b']') => {
-                        stack.pop();
-                        st = St::EndValue;
-                    }
-                    (Ctx::ObjVal, _) => return Err(err(c, "after object key:value pair")),
-                    (Ctx::Arr, b',') => st = St::BeginValue,
-                    (Ctx::Arr, _) => return Err(err(c, "after array element")),
-                }
-            }
-            St::InString => {
-                i += 1;
-                match c {
-                    b'"' => st = St::EndValue,
-                    b'\\' => st = St::InStringEsc,
-                    0..=0x1f => return Err(err(c, "in string literal")),
-                    _ => {}
-                }
-            }
-            St::InStringEsc => {
-                i += 1;
-                st = match c {
-                    b'b' | b'f' | b'n' | b'r' | b't' | b'\\' | b'/' | b'"' => St::InString,
-                    b'u' => St::InStringEscU(4),
-                    _ => return Err(err(c, "in string escape code")),
-                };
-            }
-            St::InStringEscU(n) => {
-                if !c.is_ascii_hexdigit() {
-                    return Err(err(c, "in \\u hexadecimal character escape"));
-                }
-                i += 1;
-                st = if n == 1 {
-                    St::InString
-                } else {
-                    St::InStringEscU(n - 1)
-                };
-            }
-            St::Neg => {
-                i += 1;
-                st = match c {
-                    b'0' => St::Zero,
-                    b'1'..=b'9' => St::One,
-                    _ => return Err(err(c, "in numeric literal")),
-                };
-            }
-            St::One => {
-                if c.is_ascii_digit() {
-                    i += 1;
-                } else {
-                    st = St::Zero;
-                }
-            }
-            St::Zero => match c {
-                b'.' => {
-                    i += 1;
-                    st = St::Dot;
-                }
-                b'e' | b'E' => {
-                    i += 1;
-                    st = St::E;
-                }
-                _ => st = St::EndValue,
-            },
-            St::Dot => {
-                if !c.is_ascii_digit() {
-                    return Err(err(c, "after decimal point in numeric literal"));
-                }
-                i += 1;
-                st = St::Dot0;
-            }
-            St::Dot0 => match c {
-                b'0'..=b'9' => i += 1,
-                b'e' | b'E' => {
-                    i += 1;
-                    st = St::E;
-                }
-                _ => st = St::EndValue,
-            },
-            St::E => {
-                if c == b'+' || c == b'-' {
-                    i += 1;
-                }
-                st = St::ESign;
-            }
-            St::ESign => {
-                if !c.is_ascii_digit() {
-                    return Err(err(c, "in exponent of numeric literal"));
-                }
-                i += 1;
-                st = St::E0;
-            }
-            St::E0 => {
-                if c.is_ascii_digit() {
-                    i += 1;
-                } else {
-                    st = St::EndValue;
-                }
-            }
-            St::Lit(word, k) => {
-                let want = word.as_bytes()[k];
-                if c != want {
-                    return Err(err(
-                        c,
-                        &format!("in literal {word} (expecting {})", quote_char(want)),
-                    ));
-                }
-                i += 1;
-                st = if k + 1 == word.len() {
-                    St::EndValue
-                } else {
-                    St::Lit(word, k + 1)
-                };
-            }
-        }
-    }
-}
-
-/// Go's `quoteChar` from `encoding/json`.
-fn quote_char(c: u8) -> String {
-    match c {
-        b'\'' => "'\\''".to_string(),
-        b'"' => "'\"'".to_string(),
-        _ => {
-            let q = go_quote(&char::from(c).to_string());
-            format!("'{}'", &q[1..q.len() - 1])
-        }
-    }
-}
-
-/// Go's `strconv.Quote` (`%q`), for the characters that matter here.
-fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if (0x80..=0xa0).contains(&(c as u32)) || c as u32 == 0xad => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 // ---------------------------------------------------------------------------
-// Go-compatible JSON output
-
-/// An object written field by field, in order, the way Go marshals a struct.
-struct Obj(String);
-
-impl Obj {
-    fn new() -> Obj {
-        Obj(String::from("{"))
-    }
-
-    fn key(&mut self, k: &str) {
-        if self.0.len() > 1 {
-            self.0.push(',');
-        }
-        go_str_into(&mut self.0, k);
-        self.0.push(':');
-    }
-
-    fn s(mut self, k: &str, v: &str) -> Obj {
-        self.key(k);
-        go_str_into(&mut self.0, v);
-        self
-    }
-
-    fn n(mut self, k: &str, v: impl std::fmt::Display) -> Obj {
-        self.key(k);
-        let _ = write!(self.0, "{v}");
-        self
-    }
-
-    /// A number field with Go's `omitempty`: left out when zero.
-    fn n_nz(self, k: &str, v: u64) -> Obj {
-        if v == 0 {
-            self
-        } else {
-            self.n(k, v)
-        }
-    }
-
-    fn b(mut self, k: &str, v: bool) -> Obj {
-        self.key(k);
-        self.0.push_str(if v { "true" } else { "false" });
-        self
-    }
-
-    fn null(mut self, k: &str) -> Obj {
-        self.key(k);
-        self.0.push_str("null");
-        self
-    }
-
-    /// A field whose value is already JSON.
-    fn raw(mut self, k: &str, json: &str) -> Obj {
-        self.key(k);
-        self.0.push_str(json);
-        self
-    }
-
-    fn done(mut self) -> String {
-        self.0.push('}');
-        self.0
-    }
-}
-
-/// A JSON array of already-encoded items.
-fn array(items: impl IntoIterator<Item = String>) -> String {
-    let mut out = String::from("[");
-    for (i, item) in items.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&item);
-    }
-    out.push(']');
-    out
-}
-
-fn str_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    array(items.into_iter().map(|s| {
-        let mut out = String::new();
-        go_str_into(&mut out, s);
-        out
-    }))
-}
-
-/// A JSON string as Go's `encoding/json` writes it (HTML characters escaped).
-fn go_str_into(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Any JSON value in Go's encoding (map keys sorted, HTML escaped).
-fn go_json(v: &Value) -> String {
-    match v {
-        Value::String(s) => {
-            let mut out = String::new();
-            go_str_into(&mut out, s);
-            out
-        }
-        Value::Array(items) => array(items.iter().map(go_json)),
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let mut obj = Obj::new();
-            for k in keys {
-                obj = obj.raw(k, &go_json(&map[k.as_str()]));
-            }
-            obj.done()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// A float as Go's `encoding/json` writes a float32 (`f32`) or float64.
-fn go_float(x: f64, f32_bits: bool) -> String {
-    let abs = x.abs();
-    let exp = abs != 0.0 && !(1e-6..1e21).contains(&abs);
-    let s = match (exp, f32_bits) {
-        (false, true) => format!("{}", x as f32),
-        (false, false) => format!("{x}"),
-        (true, true) => format!("{:e}", x as f32),
-        (true, false) => format!("{x:e}"),
-    };
-    if exp {
-        // Go writes a sign and at least two exponent digits: 1e-07, 1e+21.
-        let (mant, e) = s.split_once('e').unwrap_or((&s, "0"));
-        let (sign, digits) = match e.strip_prefix('-') {
-            Some(d) => ('-', d),
-            None => ('+', e),
-        };
-        let digits = if digits.len() < 2 {
-            format!("0{digits}")
-        } else {
-            digits.to_string()
-        };
-        // ...except that encoding/json cleans up e-09 to e-9.
-        let digits = if sign == '-' && digits.len() == 2 && digits.starts_with('0') {
-            digits[1..].to_string()
-        } else {
-            digits
-        };
-        format!("{mant}e{sign}{digits}")
-    } else {
-        s
-    }
-}
-
-/// Standard base64 with padding.
-fn base64_encode(data: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-// ---------------------------------------------------------------------------
-// Small helpers: time, hashing, versions, paths
+// Small helpers: clock, made-up digests, versions, redirects
 
 fn now_ns() -> i128 {
     SystemTime::now()
@@ -3130,50 +2602,6 @@ fn now_ns() -> i128 {
 
 fn now_utc() -> String {
     fmt_time(now_ns(), 0)
-}
-
-/// RFC 3339 with nanoseconds as Go's `time.RFC3339Nano` writes it (trailing zeros
-/// of the fraction dropped; `Z` for UTC, else `±hh:mm`).
-fn fmt_time(unix_ns: i128, offset_secs: i64) -> String {
-    let local = unix_ns + i128::from(offset_secs) * NS;
-    let secs = local.div_euclid(NS) as i64;
-    let nanos = local.rem_euclid(NS) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let mut out = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    );
-    if nanos != 0 {
-        let frac = format!("{nanos:09}");
-        out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
-    }
-    if offset_secs == 0 {
-        out.push('Z');
-    } else {
-        let sign = if offset_secs < 0 { '-' } else { '+' };
-        let off = offset_secs.abs();
-        let _ = write!(out, "{sign}{:02}:{:02}", off / 3600, off % 3600 / 60);
-    }
-    out
-}
-
-/// Days since 1970-01-01 to a (year, month, day) civil date (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// FNV-1a over `s`, seeded.
@@ -3197,18 +2625,14 @@ fn digest_hex(s: &str) -> String {
         .collect()
 }
 
-/// `major.minor.patch` of a version string; `-rc`/`git describe` suffixes ignored.
-fn parse_version(v: &str) -> (u64, u64, u64) {
-    let v = v.trim().trim_start_matches('v');
-    let core = v.split(['-', '+', ' ']).next().unwrap_or("");
-    let mut parts = core.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
-    (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    )
+/// `major.minor.patch` of a semver version string (`v` prefix allowed; `-rc1` and
+/// `git describe` suffixes ignored); `None` for `0.0.0` or a non-semver string.
+fn release(version: &str) -> Option<(u64, u64, u64)> {
+    let v = semver::Version::parse(version.trim().trim_start_matches('v')).ok()?;
+    Some((v.major, v.minor, v.patch)).filter(|core| *core != (0, 0, 0))
 }
 
+/// Go's `html.EscapeString`, for the body of Gin's redirects.
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -3218,775 +2642,4 @@ fn html_escape(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::Full;
-    use hyper_util::client::legacy::{connect::HttpConnector, Client};
-    use hyper_util::rt::TokioExecutor;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    struct Answer {
-        status: u16,
-        ctype: String,
-        body: Result<Bytes, String>,
-    }
-
-    impl Answer {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(self.body.as_ref().expect("complete body")).into_owned()
-        }
-        fn json(&self) -> Value {
-            serde_json::from_str(&self.text()).expect("JSON body")
-        }
-        fn lines(&self) -> Vec<Value> {
-            self.text()
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("NDJSON line"))
-                .collect()
-        }
-    }
-
-    fn client() -> Client<HttpConnector, Full<Bytes>> {
-        Client::builder(TokioExecutor::new()).build_http()
-    }
-
-    async fn call(sim: &SimHandle, method: &str, path: &str, body: &str) -> Answer {
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", sim.url()))
-            .header("x-test", "yes")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let resp = client().request(req).await.expect("response head");
-        let status = resp.status().as_u16();
-        let ctype = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .map_err(|e| e.to_string());
-        Answer {
-            status,
-            ctype,
-            body,
-        }
-    }
-
-    async fn sim() -> SimHandle {
-        spawn(SimOptions::default()).await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn tags_shape() {
-        let sim = spawn(SimOptions {
-            models: vec![
-                "llama3.2".into(),
-                "qwen2.5:14b".into(),
-                "LLAMA3.2:latest".into(),
-            ],
-            ..SimOptions::default()
-        })
-        .await
-        .unwrap();
-        let a = call(&sim, "GET", "/api/tags", "").await;
-        assert_eq!(a.status, 200);
-        assert_eq!(a.ctype, "application/json; charset=utf-8");
-        assert!(a.text().starts_with(r#"{"models":[{"name":"llama3.2:latest","model":"llama3.2:latest","modified_at":"2025-05-04T17:37:44.706015396-07:00","size":"#), "{}", a.text());
-        let v = a.json();
-        let models = v["models"].as_array().unwrap();
-        assert_eq!(models.len(), 2);
-        assert_eq!(models[1]["name"], "qwen2.5:14b");
-        let digest = models[0]["digest"].as_str().unwrap();
-        assert_eq!(digest.len(), 64);
-        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(models[0]["details"]["format"], "gguf");
-        assert_eq!(
-            models[0]["details"]["families"][0],
-            models[0]["details"]["family"]
-        );
-        assert_eq!(models[1]["details"]["parameter_size"], "14B");
-
-        let empty = spawn(SimOptions {
-            models: vec![],
-            ..SimOptions::default()
-        })
-        .await
-        .unwrap();
-        assert_eq!(
-            call(&empty, "GET", "/api/tags", "").await.text(),
-            r#"{"models":[]}"#
-        );
-        let v1 = call(&empty, "GET", "/v1/models", "").await;
-        assert_eq!(v1.text(), r#"{"object":"list","data":null}"#);
-        assert_eq!(v1.ctype, "application/json");
-    }
-
-    #[tokio::test]
-    async fn streamed_chat_is_ndjson_ending_in_done() {
-        let sim = sim().await;
-        let a = call(
-            &sim,
-            "POST",
-            "/api/chat",
-            r#"{"model":"LLAMA3.2","messages":[{"role":"user","content":"hi there"}]}"#,
-        )
-        .await;
-        assert_eq!(a.status, 200);
-        assert_eq!(a.ctype, "application/x-ndjson");
-        assert!(a.text().ends_with("}\n"));
-        let lines = a.lines();
-        assert_eq!(lines.len(), 6);
-        let text: String = lines
-            .iter()
-            .map(|l| l["message"]["content"].as_str().unwrap())
-            .collect();
-        assert_eq!(text, expected_text("LLAMA3.2", 5));
-        assert_eq!(text, "Hello from LLAMA3.2. This");
-        assert!(lines.iter().all(|l| l["model"] == "LLAMA3.2"));
-        let done = lines.last().unwrap();
-        assert_eq!(done["done"], true);
-        assert_eq!(done["done_reason"], "stop");
-        assert_eq!(done["eval_count"], 5);
-        assert!(done["total_duration"].is_u64() && done.get("context").is_none());
-        let created = lines[0]["created_at"].as_str().unwrap();
-        assert!(created.ends_with('Z') && created.len() >= 20, "{created}");
-        // The model is now loaded.
-        let ps = call(&sim, "GET", "/api/ps", "").await.json();
-        assert_eq!(ps["models"][0]["name"], "llama3.2:latest");
-        assert_eq!(ps["models"][0]["context_length"], 4096);
-    }
-
-    #[tokio::test]
-    async fn non_streamed_generate_is_one_json() {
-        let sim = sim().await;
-        let a = call(
-            &sim,
-            "POST",
-            "/api/generate",
-            r#"{"model":"llama3.2","prompt":"why","stream":false}"#,
-        )
-        .await;
-        assert_eq!(a.status, 200);
-        assert_eq!(a.ctype, "application/json; charset=utf-8");
-        let v = a.json();
-        assert_eq!(v["response"], "Hello from llama3.2. This");
-        assert_eq!(v["done"], true);
-        assert!(v["context"].is_array());
-        assert!(!a.text().contains('\n'));
-        let text = a.text();
-        let order: Vec<usize> = [
-            "\"model\"",
-            "\"created_at\"",
-            "\"response\"",
-            "\"done\"",
-            "\"done_reason\"",
-            "\"context\"",
-            "\"total_duration\"",
-        ]
-        .iter()
-        .map(|k| text.find(k).unwrap())
-        .collect();
-        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
-        // Load and unload requests.
-        let load = call(&sim, "POST", "/api/generate", r#"{"model":"llama3.2"}"#).await;
-        assert_eq!(load.ctype, "application/json; charset=utf-8");
-        assert_eq!(load.json()["done_reason"], "load");
-        let unload = call(
-            &sim,
-            "POST",
-            "/api/chat",
-            r#"{"model":"llama3.2","keep_alive":0}"#,
-        )
-        .await
-        .json();
-        assert_eq!(unload["done_reason"], "unload");
-        assert_eq!(
-            unload["message"],
-            serde_json::json!({"role":"assistant","content":""})
-        );
-        assert_eq!(
-            call(&sim, "GET", "/api/ps", "").await.text(),
-            r#"{"models":[]}"#
-        );
-    }
-
-    #[tokio::test]
-    async fn errors_are_worded_like_ollama() {
-        let sim = sim().await;
-        let cases = [
-            (
-                "/api/generate",
-                r#"{"model":"nope","prompt":"x"}"#,
-                404,
-                r#"{"error":"model 'nope' not found"}"#,
-            ),
-            (
-                "/api/generate",
-                r#"{"prompt":"x"}"#,
-                404,
-                r#"{"error":"model '' not found"}"#,
-            ),
-            (
-                "/api/chat",
-                r#"{"model":"nope"}"#,
-                404,
-                r#"{"error":"model 'nope' not found"}"#,
-            ),
-            (
-                "/api/chat",
-                r#"{"messages":[]}"#,
-                400,
-                r#"{"error":"model is required"}"#,
-            ),
-            (
-                "/api/show",
-                r#"{"model":"nope"}"#,
-                404,
-                r#"{"error":"model 'nope' not found"}"#,
-            ),
-            (
-                "/api/show",
-                r#"{}"#,
-                400,
-                r#"{"error":"model is required"}"#,
-            ),
-            (
-                "/api/embed",
-                r#"{"model":"nope","input":"x"}"#,
-                404,
-                r#"{"error":"model \"nope\" not found, try pulling it first"}"#,
-            ),
-            (
-                "/api/generate",
-                "  \n",
-                400,
-                r#"{"error":"missing request body"}"#,
-            ),
-            (
-                "/api/generate",
-                "xyz",
-                400,
-                r#"{"error":"invalid character 'x' looking for beginning of value"}"#,
-            ),
-            (
-                "/api/generate",
-                r#"{"model":"llama3.2","#,
-                400,
-                r#"{"error":"unexpected EOF"}"#,
-            ),
-            (
-                "/api/chat",
-                r#"{"model":"llama3.2",}"#,
-                400,
-                r#"{"error":"invalid character '}' looking for beginning of object key string"}"#,
-            ),
-            (
-                "/api/generate",
-                r#"{"model":5}"#,
-                400,
-                r#"{"error":"json: cannot unmarshal number into Go struct field GenerateRequest.model of type string"}"#,
-            ),
-            (
-                "/api/generate",
-                r#"{"model":"llama3.2","prompt":"x","options":{"num_ctx":"big"}}"#,
-                400,
-                r#"{"error":"option \"num_ctx\" must be of type integer"}"#,
-            ),
-            (
-                "/api/generate",
-                r#"{"model":"llama3.2","keep_alive":true}"#,
-                400,
-                r#"{"error":"Unsupported type: 'bool'"}"#,
-            ),
-            (
-                "/api/chat",
-                r#"{"model":"llama3.2","keep_alive":"300"}"#,
-                400,
-                r#"{"error":"time: missing unit in duration \"300\""}"#,
-            ),
-            (
-                "/api/copy",
-                r#"{"source":"nope","destination":"x"}"#,
-                404,
-                r#"{"error":"model \"nope\" not found"}"#,
-            ),
-            (
-                "/api/delete",
-                r#"{"model":"nope"}"#,
-                404,
-                r#"{"error":"model 'nope' not found"}"#,
-            ),
-            (
-                "/api/generate",
-                r#"{"model":"llama3.2","prompt":"[[status500]]"}"#,
-                500,
-                r#"{"error":"simulated failure"}"#,
-            ),
-        ];
-        for (path, body, status, want) in cases {
-            let method = if path == "/api/delete" {
-                "DELETE"
-            } else {
-                "POST"
-            };
-            let a = call(&sim, method, path, body).await;
-            assert_eq!(
-                (a.status, a.text().as_str()),
-                (status, want),
-                "{path} {body}"
-            );
-            assert_eq!(a.ctype, "application/json; charset=utf-8");
-        }
-        let old = spawn(SimOptions {
-            version: "0.11.10".into(),
-            ..SimOptions::default()
-        })
-        .await
-        .unwrap();
-        let a = call(&old, "POST", "/api/chat", r#"{"model":"nope"}"#).await;
-        assert_eq!(
-            a.text(),
-            r#"{"error":"model \"nope\" not found, try pulling it first"}"#
-        );
-
-        let a = call(&sim, "GET", "/api/nothing", "").await;
-        assert_eq!(
-            (a.status, a.ctype.as_str(), a.text().as_str()),
-            (404, "text/plain", "404 page not found")
-        );
-        let a = call(&sim, "GET", "/api/chat", "").await;
-        assert_eq!(
-            (a.status, a.ctype.as_str(), a.text().as_str()),
-            (405, "text/plain", "405 method not allowed")
-        );
-        let a = call(&sim, "GET", "/v1/models/user/model", "").await;
-        assert_eq!(a.status, 404);
-        let a = call(&sim, "GET", "/v1/models/nope", "").await;
-        assert_eq!(a.status, 404);
-        assert_eq!(a.ctype, "application/json");
-        assert_eq!(
-            a.text(),
-            r#"{"error":{"message":"model 'nope' not found","type":"not_found_error","param":null,"code":null}}"#
-        );
-        let a = call(&sim, "POST", "/v1/chat/completions", "").await;
-        assert_eq!(
-            a.text(),
-            r#"{"error":{"message":"EOF","type":"invalid_request_error","param":null,"code":null}}"#
-        );
-        let a = call(
-            &sim,
-            "POST",
-            "/v1/chat/completions",
-            r#"{"model":"llama3.2","messages":[]}"#,
-        )
-        .await;
-        assert_eq!(a.json()["error"]["message"], "[] is too short - 'messages'");
-    }
-
-    #[tokio::test]
-    async fn error_trigger_ends_with_error_line() {
-        let sim = sim().await;
-        let a = call(
-            &sim,
-            "POST",
-            "/api/generate",
-            r#"{"model":"llama3.2","prompt":"go [[error]]"}"#,
-        )
-        .await;
-        assert_eq!(a.status, 200);
-        let text = a.text();
-        assert!(
-            text.ends_with("{\"error\":\"simulated failure\"}\n"),
-            "{text}"
-        );
-        assert_eq!(a.lines().len(), 3);
-        assert!(!text.contains("\"done\":true"));
-    }
-
-    #[tokio::test]
-    async fn sse_ends_with_done_marker() {
-        let sim = sim().await;
-        let body = r#"{"model":"llama3.2","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
-        let a = call(&sim, "POST", "/v1/chat/completions", body).await;
-        assert_eq!(a.status, 200);
-        assert_eq!(a.ctype, "text/event-stream");
-        let text = a.text();
-        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        let events: Vec<&str> = text.split_terminator("\n\n").collect();
-        assert!(events.iter().all(|e| e.starts_with("data: ")));
-        assert_eq!(events.len(), 5 + 3);
-        let chunks: Vec<Value> = events[..7]
-            .iter()
-            .map(|e| serde_json::from_str(&e[6..]).unwrap())
-            .collect();
-        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-        assert!(chunks[1]["choices"][0]["delta"].get("role").is_none());
-        let content: String = chunks[..5]
-            .iter()
-            .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
-            .collect();
-        assert_eq!(content, expected_text("llama3.2", 5));
-        assert_eq!(chunks[5]["choices"][0]["delta"], serde_json::json!({}));
-        assert_eq!(chunks[5]["choices"][0]["finish_reason"], "stop");
-        assert_eq!(chunks[6]["choices"], serde_json::json!([]));
-        assert_eq!(chunks[6]["usage"]["completion_tokens"], 5);
-        // Non-streamed.
-        let a = call(
-            &sim,
-            "POST",
-            "/v1/chat/completions",
-            r#"{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}"#,
-        )
-        .await;
-        let v = a.json();
-        assert_eq!(v["object"], "chat.completion");
-        assert_eq!(
-            v["choices"][0]["message"]["content"],
-            expected_text("llama3.2", 5)
-        );
-        let a = call(
-            &sim,
-            "POST",
-            "/v1/completions",
-            r#"{"model":"llama3.2","prompt":"hi","stream":true}"#,
-        )
-        .await;
-        assert!(a.text().ends_with("data: [DONE]\n\n"));
-    }
-
-    #[tokio::test]
-    async fn abort_truncates_the_stream() {
-        let sim = spawn(SimOptions {
-            chunk_delay: Duration::from_millis(5),
-            ..SimOptions::default()
-        })
-        .await
-        .unwrap();
-        for (path, body) in [
-            (
-                "/api/chat",
-                r#"{"model":"llama3.2","messages":[{"role":"user","content":"[[abort]]"}]}"#,
-            ),
-            (
-                "/api/generate",
-                r#"{"model":"llama3.2","prompt":"[[abort]]"}"#,
-            ),
-            (
-                "/v1/chat/completions",
-                r#"{"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"[[abort]]"}]}"#,
-            ),
-        ] {
-            let a = call(&sim, "POST", path, body).await;
-            assert_eq!(a.status, 200);
-            assert!(a.body.is_err(), "{path}: body completed");
-        }
-        // Raw: two lines arrive, then the connection closes without the last chunk.
-        let mut tcp = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
-        let body = r#"{"model":"llama3.2","prompt":"[[abort]]"}"#;
-        let req = format!(
-            "POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        tcp.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        tcp.read_to_end(&mut raw).await.unwrap();
-        let raw = String::from_utf8_lossy(&raw);
-        assert!(raw.contains("transfer-encoding: chunked"), "{raw}");
-        assert_eq!(raw.matches("\"done\":false").count(), 2);
-        assert!(!raw.ends_with("0\r\n\r\n"), "{raw}");
-        // Non-streamed: no response at all.
-        let req = Request::post(format!("{}/api/generate", sim.url()))
-            .body(Full::new(Bytes::from_static(
-                br#"{"model":"llama3.2","prompt":"[[abort]]","stream":false}"#,
-            )))
-            .unwrap();
-        assert!(client().request(req).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn requests_are_recorded() {
-        let sim = sim().await;
-        call(
-            &sim,
-            "POST",
-            "/api/generate?x=1",
-            r#"{"model":"llama3.2","prompt":"hi","stream":false}"#,
-        )
-        .await;
-        call(&sim, "GET", "/api/version", "").await;
-        let recs = sim.requests();
-        assert_eq!(recs.len(), 2);
-        assert_eq!(recs[0].method, "POST");
-        assert_eq!(recs[0].path, "/api/generate?x=1");
-        assert_eq!(recs[0].header("X-Test"), Some("yes"));
-        assert_eq!(recs[0].json()["prompt"], "hi");
-        assert_eq!(
-            recs[0].body,
-            Bytes::from_static(br#"{"model":"llama3.2","prompt":"hi","stream":false}"#)
-        );
-        assert_eq!(recs[1].json(), Value::Null);
-        assert_eq!(sim.take_requests().len(), 2);
-        assert!(sim.requests().is_empty());
-    }
-
-    #[tokio::test]
-    async fn head_root_version_and_host_check() {
-        let sim = sim().await;
-        let a = call(&sim, "GET", "/", "").await;
-        assert_eq!(
-            (a.ctype.as_str(), a.text().as_str()),
-            ("text/plain; charset=utf-8", "Ollama is running")
-        );
-        assert_eq!(
-            call(&sim, "GET", "/api/version", "").await.text(),
-            r#"{"version":"0.12.3"}"#
-        );
-        let mut tcp = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
-        tcp.write_all(b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\nGET / HTTP/1.1\r\nHost: evil.example.com\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut raw = Vec::new();
-        tcp.read_to_end(&mut raw).await.unwrap();
-        let raw = String::from_utf8_lossy(&raw);
-        let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.starts_with("HTTP/1.1 200") && head.contains("content-length: 17"),
-            "{raw}"
-        );
-        assert!(rest.starts_with("HTTP/1.1 403"), "{raw}");
-    }
-
-    #[tokio::test]
-    async fn model_management() {
-        let sim = spawn(SimOptions {
-            models: vec![],
-            ..SimOptions::default()
-        })
-        .await
-        .unwrap();
-        let a = call(&sim, "POST", "/api/pull", r#"{"model":"qwen2.5:14b"}"#).await;
-        assert_eq!(a.ctype, "application/x-ndjson");
-        let lines = a.lines();
-        assert_eq!(lines[0]["status"], "pulling manifest");
-        assert_eq!(
-            lines.last().unwrap(),
-            &serde_json::json!({"status":"success"})
-        );
-        let tags = call(&sim, "GET", "/api/tags", "").await.json();
-        assert_eq!(tags["models"][0]["name"], "qwen2.5:14b");
-        let a = call(
-            &sim,
-            "POST",
-            "/api/pull",
-            r#"{"model":"missing-model","stream":false}"#,
-        )
-        .await;
-        assert_eq!(a.status, 500);
-        let a = call(
-            &sim,
-            "POST",
-            "/api/copy",
-            r#"{"source":"qwen2.5:14b","destination":"mine"}"#,
-        )
-        .await;
-        assert_eq!((a.status, a.text().as_str()), (200, ""));
-        let a = call(&sim, "DELETE", "/api/delete", r#"{"model":"QWEN2.5:14b"}"#).await;
-        assert_eq!((a.status, a.text().as_str()), (200, ""));
-        let names: Vec<Value> = call(&sim, "GET", "/v1/models", "").await.json()["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].clone())
-            .collect();
-        assert_eq!(names, vec![Value::from("mine:latest")]);
-        let digest = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(
-            call(&sim, "HEAD", &format!("/api/blobs/{digest}"), "")
-                .await
-                .status,
-            404
-        );
-        assert_eq!(
-            call(&sim, "POST", &format!("/api/blobs/{digest}"), "data")
-                .await
-                .status,
-            201
-        );
-        assert_eq!(
-            call(&sim, "HEAD", &format!("/api/blobs/{digest}"), "")
-                .await
-                .status,
-            200
-        );
-        let a = call(
-            &sim,
-            "POST",
-            "/api/create",
-            r#"{"model":"new","stream":false}"#,
-        )
-        .await;
-        assert_eq!(a.text(), r#"{"status":"success"}"#);
-    }
-
-    #[tokio::test]
-    async fn embeddings() {
-        let sim = spawn(SimOptions {
-            models: vec!["all-minilm".into()],
-            ..SimOptions::default()
-        })
-        .await
-        .unwrap();
-        let v = call(
-            &sim,
-            "POST",
-            "/api/embed",
-            r#"{"model":"all-minilm","input":["a","b"]}"#,
-        )
-        .await
-        .json();
-        let e = v["embeddings"].as_array().unwrap();
-        assert_eq!(e.len(), 2);
-        let norm: f64 = e[0]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap().powi(2))
-            .sum();
-        assert!((norm - 1.0).abs() < 1e-4);
-        let floats = call(
-            &sim,
-            "POST",
-            "/v1/embeddings",
-            r#"{"model":"all-minilm","input":"a"}"#,
-        )
-        .await
-        .json();
-        // 0.12.3 ignores encoding_format; 0.12.7 honours it.
-        let body = r#"{"model":"all-minilm","input":"a","encoding_format":"BASE64"}"#;
-        assert_eq!(
-            call(&sim, "POST", "/v1/embeddings", body).await.json(),
-            floats
-        );
-        let new = spawn(SimOptions {
-            models: vec!["all-minilm".into()],
-            version: "0.12.7".into(),
-            ..SimOptions::default()
-        })
-        .await
-        .unwrap();
-        let b64 = call(&new, "POST", "/v1/embeddings", body).await.json();
-        let encoded = b64["data"][0]["embedding"].as_str().unwrap();
-        let want: Vec<u8> = floats["data"][0]["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes())
-            .collect();
-        assert_eq!(encoded, base64_encode(&want));
-        let v = call(
-            &sim,
-            "POST",
-            "/api/embeddings",
-            r#"{"model":"all-minilm","prompt":"a"}"#,
-        )
-        .await
-        .json();
-        assert_eq!(v["embedding"].as_array().unwrap().len(), EMBED_DIM);
-        let a = call(
-            &sim,
-            "POST",
-            "/api/chat",
-            r#"{"model":"all-minilm","messages":[{"role":"user","content":"x"}]}"#,
-        )
-        .await;
-        assert_eq!(
-            a.text(),
-            r#"{"error":"\"all-minilm\" does not support chat"}"#
-        );
-    }
-
-    #[tokio::test]
-    async fn shutdown_stops_serving() {
-        let sim = sim().await;
-        let addr = sim.addr();
-        assert_eq!(call(&sim, "GET", "/", "").await.status, 200);
-        sim.shutdown();
-        let mut refused = false;
-        for _ in 0..50 {
-            if tokio::net::TcpStream::connect(addr).await.is_err() {
-                refused = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        assert!(refused);
-    }
-
-    #[test]
-    fn helpers() {
-        assert_eq!(fmt_time(0, 0), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            fmt_time(BASE_MODIFIED_NS, LOCAL_OFFSET_SECS),
-            "2025-05-04T17:37:44.706015396-07:00"
-        );
-        assert_eq!(
-            fmt_time(1_691_137_965_499_127_000, 0),
-            "2023-08-04T08:32:45.499127Z"
-        );
-        assert_eq!(base64_encode(b"Man"), "TWFu");
-        assert_eq!(base64_encode(b"Ma"), "TWE=");
-        assert_eq!(base64_encode(b"M"), "TQ==");
-        assert_eq!(parse_go_duration("1h30m"), Ok(5_400 * NS));
-        assert_eq!(parse_go_duration("300ms"), Ok(300_000_000));
-        assert_eq!(parse_go_duration("0"), Ok(0));
-        assert_eq!(
-            parse_go_duration("3x").unwrap_err(),
-            "time: unknown unit \"x\" in duration \"3x\""
-        );
-        assert_eq!(go_float(1e-7, true), "1e-7");
-        assert_eq!(go_float(0.25, true), "0.25");
-        assert_eq!(go_float(1e21, false), "1e+21");
-        let msg = |b: &str| match go_decode(b.as_bytes(), "api.X", "X", &[]) {
-            Err(DecodeError::Msg(m)) => m,
-            Err(DecodeError::Eof) => "EOF".to_string(),
-            Ok(_) => "ok".to_string(),
-        };
-        assert_eq!(msg(""), "EOF");
-        assert_eq!(msg("{} trailing"), "ok");
-        assert_eq!(
-            msg("[1]"),
-            "json: cannot unmarshal array into Go value of type api.X"
-        );
-        assert_eq!(msg(r#"{"a" 1}"#), "invalid character '1' after object key");
-        assert_eq!(
-            msg(r#"{"a":1 "b"}"#),
-            "invalid character '\"' after object key:value pair"
-        );
-        assert_eq!(
-            msg(r#"{"a":tru}"#),
-            "invalid character '}' in literal true (expecting 'e')"
-        );
-        assert_eq!(
-            msg("{\"a\":\"\n\"}"),
-            "invalid character '\\n' in string literal"
-        );
-        assert_eq!(
-            msg(r#"{"a":[1,]}"#),
-            "invalid character ']' looking for beginning of value"
-        );
-        assert_eq!(
-            msg(r#"{"a":-x}"#),
-            "invalid character 'x' in numeric literal"
-        );
-        assert!(valid_name("registry.ollama.ai/library/llama3.2:latest"));
-        assert!(valid_name("myreg:5000/ns/m"));
-        assert!(!valid_name("bad name"));
-        assert_eq!(
-            ModelInfo::of("nomic-embed-text:latest").capabilities(),
-            vec!["embedding"]
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""llamagate beside nginx, measured in one run on 127.0.0.1.
+
+Starts two simulated Ollama backends (`llamagate sim`, release build), nginx
+(Debian's package) as a plain `proxy_pass` peer with keepalive upstreams, and
+llamagate with its default policy in front of both backends. Then, in
+alternating rounds (direct, nginx, llamagate; ROUNDS times), drives the same
+closed-loop load with wrk (CONNECTIONS connections, SECONDS per run) for
+non-streaming chat, streaming chat (NDJSON, 5 chunks) and `/api/tags`, and
+prints requests/s, p50 and p99 (medians over the rounds) and the ratios.
+
+All processes share the machine's cores: compare the ratios, not the
+absolute figures. nginx and wrk are installed with apt-get when missing.
+
+    cargo build --release -p llamagate && python3 host/benches/compare.py
+    ROUNDS=5 SECONDS=5 CONNECTIONS=16 python3 host/benches/compare.py
+"""
+
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("LLAMAGATE_BIN", os.path.join(ROOT, "target/release/llamagate"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+SECONDS = int(os.environ.get("SECONDS", "5"))
+CONNECTIONS = int(os.environ.get("CONNECTIONS", "16"))
+
+SCENARIOS = {
+    "chat, stream:false": ("POST", "/api/chat",
+                           '{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}'),
+    "chat, streamed": ("POST", "/api/chat",
+                       '{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}'),
+    "tags": ("GET", "/api/tags", None),
+}
+
+
+def ensure_tools():
+    missing = [p for p, tool in (("nginx-light", "nginx"), ("wrk", "wrk")) if shutil.which(tool) is None
+               and not os.path.exists(f"/usr/sbin/{tool}")]
+    if missing:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, deadline=60):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def wrk(url, method, body, workdir):
+    script = os.path.join(workdir, "req.lua")
+    with open(script, "w") as f:
+        f.write(f'wrk.method = "{method}"\n')
+        if body:
+            f.write("wrk.body = [[" + body + "]]\n")
+            f.write('wrk.headers["Content-Type"] = "application/json"\n')
+    out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", "-s", script, url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors or "Socket errors" in out:
+        print(out)
+        raise SystemExit(f"errors against {url}")
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)\b", out)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    return rps, pct(50), pct(99)
+
+
+def main():
+    if not os.path.exists(BIN):
+        raise SystemExit(f"{BIN} is missing: cargo build --release -p llamagate")
+    ensure_tools()
+    work = tempfile.mkdtemp(prefix="llamagate-compare-")
+    b1, b2, ng, lg = (free_port() for _ in range(4))
+    procs = []
+
+    def start(args, **kw):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        start([BIN, "sim", "--listen", f"127.0.0.1:{b1}", "--model", "llama3.2", "--level", "error"])
+        start([BIN, "sim", "--listen", f"127.0.0.1:{b2}", "--model", "qwen2.5:14b", "--level", "error"])
+        conf = os.path.join(work, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work};
+    proxy_temp_path {work};
+    upstream backend {{ server 127.0.0.1:{b1}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{ng};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+        start(["nginx", "-c", conf])
+        start([BIN, "--listen", f"127.0.0.1:{lg}", "--proxy", f"llama3.2=http://127.0.0.1:{b1}",
+               "--proxy", f"qwen2.5:14b=http://127.0.0.1:{b2}", "--level", "error"])
+        for port in (b1, b2, ng, lg):
+            wait_listening(port)
+        time.sleep(1)
+        targets = {"direct": b1, "nginx": ng, "llamagate": lg}
+        results = {(s, t): [] for s in SCENARIOS for t in targets}
+        for scenario, (method, path, body) in SCENARIOS.items():
+            for _ in range(ROUNDS):
+                for name, port in targets.items():
+                    results[(scenario, name)].append(wrk(f"http://127.0.0.1:{port}{path}", method, body, work))
+        print(f"{CONNECTIONS} connections, {SECONDS} s per run, medians of {ROUNDS} alternating rounds\n")
+        print(f"{'scenario':22} {'target':10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        for scenario in SCENARIOS:
+            med = {}
+            for name in targets:
+                runs = results[(scenario, name)]
+                med[name] = tuple(statistics.median(r[i] for r in runs) for i in range(3))
+                rps, p50, p99 = med[name]
+                print(f"{scenario:22} {name:10} {rps:9.0f} {p50:8.3f} {p99:8.3f}")
+            lg_, ng_, d_ = med["llamagate"], med["nginx"], med["direct"]
+            print(f"{'':22} llamagate/nginx: req/s x{lg_[0] / ng_[0]:.2f}, p99 {lg_[2] - ng_[2]:+.3f} ms; "
+                  f"llamagate/direct: req/s x{lg_[0] / d_[0]:.2f}\n")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
