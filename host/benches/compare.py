@@ -19,15 +19,15 @@ absolute figures. nginx and wrk are installed with apt-get when missing.
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("LLAMAGATE_BIN", os.path.join(ROOT, "target/release/llamagate"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import BIN, ROOT, free_port, wait_listening  # noqa: E402
+
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 SECONDS = int(os.environ.get("SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "16"))
@@ -50,21 +50,6 @@ def ensure_tools():
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, deadline=60):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def wrk(url, method, body, workdir):

@@ -17,7 +17,6 @@ latency, what the flood got, and llamagate's memory before and after.
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,28 +24,14 @@ import tempfile
 import time
 from collections import Counter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("LLAMAGATE_BIN", os.path.join(ROOT, "target/release/llamagate"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import BIN, ROOT, free_port, wait_listening  # noqa: E402
+
 HOSTILE = os.path.join(ROOT, "target/plugins/wasm32-wasip2/release/hostile_fixture.wasm")
 BODY = json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}],
                    "stream": False}).encode()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, deadline=60):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def rss(pid):

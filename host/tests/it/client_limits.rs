@@ -83,6 +83,41 @@ async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> (u16, String) {
 
 const VERSION_REQUEST: &[u8] = b"GET /api/version HTTP/1.1\r\nhost: llamagate\r\n\r\n";
 
+/// A slowloris connection: headers that never end, one byte per `interval`.
+/// Resolves to when (since `started`) the server closed it, or `None` if it
+/// stayed open for 10 s.
+fn slowloris(
+    stream: TcpStream,
+    interval: Duration,
+    started: Instant,
+) -> tokio::task::JoinHandle<Option<Duration>> {
+    tokio::spawn(async move {
+        let (mut rx, mut tx) = stream.into_split();
+        let writer = async move {
+            let head = b"POST /api/chat HTTP/1.1\r\nhost: llamagate\r\nx-pad: ";
+            for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+                if tx.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(interval).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        let closed = async {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = rx.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            _ = writer => unreachable!(),
+            r = tokio::time::timeout(Duration::from_secs(10), closed) => r.ok().map(|_| started.elapsed()),
+        }
+    })
+}
+
 fn chat() -> serde_json::Value {
     json!({"model": "llama3.2", "stream": false, "messages": [{"role": "user", "content": "hi"}]})
 }
@@ -96,32 +131,7 @@ async fn slowloris_connections_are_closed_by_the_header_timeout() {
     let mut loris = Vec::new();
     for _ in 0..100 {
         let stream = connect(to, None).await.unwrap();
-        loris.push(tokio::spawn(async move {
-            let (mut rx, mut tx) = stream.into_split();
-            // Headers that never end, one byte every 300 ms.
-            let writer = async move {
-                let head = b"POST /api/chat HTTP/1.1\r\nhost: llamagate\r\nx-pad: ";
-                for byte in head.iter().chain(std::iter::repeat(&b'a')) {
-                    if tx.write_all(&[*byte]).await.is_err() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                std::future::pending::<()>().await;
-            };
-            let closed = async {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = rx.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = writer => unreachable!(),
-                _ = tokio::time::timeout(Duration::from_secs(8), closed) => started.elapsed(),
-            }
-        }));
+        loris.push(slowloris(stream, Duration::from_millis(300), started));
     }
     // Normal requests keep working meanwhile.
     for _ in 0..10 {
@@ -130,7 +140,10 @@ async fn slowloris_connections_are_closed_by_the_header_timeout() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for task in loris {
-        let closed_after = task.await.unwrap();
+        let closed_after = task
+            .await
+            .unwrap()
+            .expect("not closed within 10 s");
         assert!(
             closed_after < Duration::from_secs(5),
             "a slowloris connection stayed open for {closed_after:?} with header_timeout = 1s"
@@ -422,31 +435,7 @@ async fn slowloris_figure() {
     let mut loris = Vec::new();
     for _ in 0..1000 {
         let stream = connect(to, None).await.unwrap();
-        loris.push(tokio::spawn(async move {
-            let (mut rx, mut tx) = stream.into_split();
-            let writer = async move {
-                let head = b"POST /api/chat HTTP/1.1\r\nhost: llamagate\r\nx-pad: ";
-                for byte in head.iter().chain(std::iter::repeat(&b'a')) {
-                    if tx.write_all(&[*byte]).await.is_err() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                std::future::pending::<()>().await;
-            };
-            let closed = async {
-                let mut buf = [0u8; 64];
-                while let Ok(n) = rx.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = writer => unreachable!(),
-                r = tokio::time::timeout(Duration::from_secs(10), closed) => r.ok().map(|_| started.elapsed()),
-            }
-        }));
+        loris.push(slowloris(stream, Duration::from_secs(1), started));
     }
     let opened = started.elapsed();
     let mut latencies = Vec::new();
