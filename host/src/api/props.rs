@@ -86,7 +86,10 @@ fn key() -> impl Strategy<Value = String> {
                 2 if c == "i" => "\u{0130}".into(),
                 3 if c == "i" => "\u{0131}".into(),
                 4 if c == "_" => "".into(),
-                5 => format!("\\u{:04x}", c.chars().next().unwrap() as u32),
+                5 => match c.chars().next() {
+                    Some(first) => format!("\\u{:04x}", first as u32),
+                    None => c,
+                },
                 6 => format!("{c}x"),
                 _ => c,
             };
