@@ -140,10 +140,7 @@ async fn slowloris_connections_are_closed_by_the_header_timeout() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for task in loris {
-        let closed_after = task
-            .await
-            .unwrap()
-            .expect("not closed within 10 s");
+        let closed_after = task.await.unwrap().expect("not closed within 10 s");
         assert!(
             closed_after < Duration::from_secs(5),
             "a slowloris connection stayed open for {closed_after:?} with header_timeout = 1s"
