@@ -180,7 +180,21 @@ impl Proxy {
     }
 
     /// Everything llamagate logged so far.
+    ///
+    /// The log is read from a pipe by another thread, so a line written just
+    /// before the caller looked may not have arrived yet: this waits until no
+    /// new line has come for 100 ms (2 s at most).
     pub fn logs(&self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut seen = self.logs.lock().unwrap().len();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.logs.lock().unwrap().len();
+            if now == seen || std::time::Instant::now() > deadline {
+                break;
+            }
+            seen = now;
+        }
         self.logs.lock().unwrap().join("\n")
     }
 

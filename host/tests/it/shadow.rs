@@ -29,6 +29,20 @@ async fn shadow_once_decided(proxy: &Proxy, decided: u64) -> Value {
     }
 }
 
+/// The first log line holding `text`, waited for: the status counts a shadow
+/// decision just before its line is written, and the log is read from a pipe.
+async fn logged(proxy: &Proxy, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = proxy.logs();
+        if let Some(line) = logs.lines().find(|l| l.contains(text)) {
+            return line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no {text:?} in:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Live: the default policy; shadow: the hostile fixture (which passes
 /// `x-hostile: none`), with `extra` at the top level.
 fn shadowed(sim: &SimHandle, extra: &str) -> String {
@@ -73,11 +87,7 @@ async fn shadow_default_policy_false_leaves_it_out_and_the_log_says_so_in_words(
     let shadow = shadow_once_decided(&proxy, 1).await;
     assert_eq!(shadow["plugins"], json!(["hostile_fixture"]));
     assert_eq!(shadow["differed"], 1, "no backend chosen: {shadow}");
-    let logs = proxy.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("shadow policy decided otherwise"))
-        .unwrap_or_else(|| panic!("{logs}"));
+    let line = logged(&proxy, "shadow policy decided otherwise").await;
     assert!(line.contains("live=forward llama3.2 to a "), "{line}");
     assert!(
         line.contains("shadow=forward llama3.2 to no backend"),
@@ -114,12 +124,8 @@ async fn shadow_counts_are_per_generation_and_decisions_read_as_words() {
     assert_eq!(chat(&proxy, "reject").await.status, 200, "not applied");
     let shadow = shadow_once_decided(&proxy, 2).await;
     assert_eq!(shadow["differed"], 2, "{shadow}");
-    let logs = proxy.logs();
-    assert!(
-        logs.contains("shadow=forward llama3.2 to a with num_ctx=4096"),
-        "{logs}"
-    );
-    assert!(logs.contains("shadow=answer 429"), "{logs}");
+    logged(&proxy, "shadow=forward llama3.2 to a with num_ctx=4096").await;
+    logged(&proxy, "shadow=answer 429").await;
 
     proxy.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
