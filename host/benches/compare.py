@@ -59,6 +59,11 @@ def wrk(url, method, body, workdir):
         if body:
             f.write("wrk.body = [[" + body + "]]\n")
             f.write('wrk.headers["Content-Type"] = "application/json"\n')
+        # The first unexpected answer is printed, to say why a run failed.
+        f.write('local shown = false\n'
+                'response = function(status, headers, body)\n'
+                '  if status ~= 200 and not shown then shown = true; io.write(status .. " " .. body .. "\\n") end\n'
+                'end\n')
     out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", "-s", script, url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -110,6 +115,8 @@ http {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # Ollama refuses a Host that is not local (the upstream's name is not).
+            proxy_set_header Host 127.0.0.1:{b1};
             proxy_buffering off;
         }}
     }}
