@@ -1,5 +1,5 @@
 //! Where plugin calls run: a fixed set of dedicated threads, fed by one
-//! channel — never tokio's async workers, never its blocking pool.
+//! queue — never tokio's async workers, never its blocking pool.
 //!
 //! - Not the async workers: WASI's synchronous bindings (a guest's panic
 //!   message, a `println!`) bridge into async code with `block_on`, which
@@ -8,22 +8,25 @@
 //!   context, so WASI uses its own.
 //! - Not `spawn_blocking`: under load, one blocking task per request grew the
 //!   blocking pool to dozens of threads and spent a third of the CPU waking
-//!   them. Here the threads are made once; a request costs one channel send
+//!   them. Here the threads are made once; a request costs one queue push
 //!   and one wake-up of the task awaiting the answer.
 //!
 //! Per-plugin call slots ([`super::slots`]) bound how many of these threads one
 //! plugin can hold; there are twice as many threads as CPUs (at least four), so
 //! a plugin spinning on all of its default slots leaves threads for the others.
 
-use std::sync::OnceLock;
-
-use crossbeam_channel::{Receiver, Sender};
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, OnceLock};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The process's plugin threads.
+/// The process's plugin threads and their queue. A plain mutex and condition
+/// variable: an idle thread sleeps until a job comes, and never spins (a
+/// spinning channel's idle threads took CPU from the async workers on small
+/// machines).
 struct Executor {
-    jobs: Sender<Job>,
+    queue: Mutex<VecDeque<Job>>,
+    ready: Condvar,
 }
 
 /// The call was lost: its thread died (a bug in llamagate, caught and logged).
@@ -31,32 +34,52 @@ struct Executor {
 #[error("the plugin call was lost (llamagate bug; see the log)")]
 pub struct CallLost;
 
+impl Executor {
+    fn submit(&self, job: Job) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(job);
+        self.ready.notify_one();
+    }
+
+    fn next(&self) -> Job {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(job) = queue.pop_front() {
+                return job;
+            }
+            queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 fn executor() -> &'static Executor {
     static EXECUTOR: OnceLock<Executor> = OnceLock::new();
-    EXECUTOR.get_or_init(|| {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    let executor = EXECUTOR.get_or_init(|| Executor {
+        queue: Mutex::new(VecDeque::new()),
+        ready: Condvar::new(),
+    });
+    STARTED.call_once(|| {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get() * 2)
             .unwrap_or(4)
             .max(4);
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         for i in 0..threads {
-            let queue: Receiver<Job> = queue.clone();
             std::thread::Builder::new()
                 .name(format!("llamagate-plugin-{i}"))
-                .spawn(move || {
-                    while let Ok(job) = queue.recv() {
-                        // A panic is a host bug: keep the thread, lose the call.
-                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                            tracing::error!(
-                                "a plugin call panicked in llamagate; the request fails"
-                            );
-                        }
+                .spawn(move || loop {
+                    let job = executor.next();
+                    // A panic is a host bug: keep the thread, lose the call.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a plugin call panicked in llamagate; the request fails");
                     }
                 })
                 .expect("starting a plugin thread");
         }
-        Executor { jobs }
-    })
+    });
+    executor
 }
 
 /// Runs `work` (one plugin call, or a listing's chain) on a plugin thread and
@@ -65,10 +88,9 @@ pub async fn off_thread<R: Send + 'static>(
     work: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, CallLost> {
     let (done, result) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
+    executor().submit(Box::new(move || {
         let _ = done.send(work());
-    });
-    executor().jobs.send(job).map_err(|_| CallLost)?;
+    }));
     result.await.map_err(|_| CallLost)
 }
 
