@@ -105,7 +105,30 @@ async fn a_pull_through_llamagate_refreshes_the_listing_at_once() {
     }
     assert_eq!(listings(&a, "/api/tags"), 3, "asked again after each pull");
     assert_eq!(listings(&b, "/api/tags"), 3);
-    // A pull that fails leaves the cache alone.
+    // A pull that fails leaves the cache alone. First let the background
+    // re-probe that follows the last successful pull finish (it drops the
+    // cache once more when done), and fill the cache again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = b.requests();
+        let last_pull = seen.iter().rposition(|r| r.path == "/api/pull").unwrap();
+        let probed = seen[last_pull..].iter().any(|r| {
+            r.path == "/api/ps"
+                && r.header("user-agent")
+                    .is_some_and(|u| u.starts_with("llamagate-probe/"))
+        });
+        if probed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no re-probe after the pull"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    get(&tags).await;
+    let cached = listings(&a, "/api/tags");
     let r = post(
         &format!("{}/api/pull", proxy.url),
         &json!({"model": "missing-model", "stream": true}),
@@ -113,7 +136,7 @@ async fn a_pull_through_llamagate_refreshes_the_listing_at_once() {
     .await;
     assert!(r.text().contains("error"), "{}", r.text());
     get(&tags).await;
-    assert_eq!(listings(&a, "/api/tags"), 3, "still cached");
+    assert_eq!(listings(&a, "/api/tags"), cached, "still cached");
 }
 
 #[tokio::test]
