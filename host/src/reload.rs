@@ -67,9 +67,10 @@ impl Reloader {
                 let plugins = generation.chain.names().join(", ");
                 let fleet = generation.fleet.clone();
                 let probe_timeout = generation.settings.probe_interval.min(PROBE_TIMEOUT);
-                self.gateway.swap(generation);
                 // What the backends serve now, not at the last probe: a model
-                // added behind llamagate's back is routable once this returns.
+                // added behind llamagate's back is routable once the new
+                // generation is. Probed before the swap, so the generation
+                // number and the reload report (both on status) change together.
                 fleet.probe_all(&self.gateway.upstream, probe_timeout).await;
                 *watched = config.watched_files;
                 tracing::info!(
@@ -77,12 +78,16 @@ impl Reloader {
                     took_ms,
                     "reloaded ({why}): plugins [{plugins}]"
                 );
-                ReloadReport {
+                let report = ReloadReport {
                     at: unix_now(),
                     ok: true,
                     message: format!("generation {number} ({why}): plugins [{plugins}]"),
                     took_ms,
-                }
+                };
+                // The report first: whoever sees the new generation sees its report.
+                *self.gateway.last_reload.lock().unwrap() = Some(report.clone());
+                self.gateway.swap(generation);
+                report
             }
             Err(err) => {
                 tracing::error!(
