@@ -8,9 +8,13 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use llamagate::body;
-use llamagate::endpoint::Row;
-use llamagate::plugin::{Backend, Endpoint, Header, Limits, LoadedModel, Plugin, Request, Runtime};
+use llamagate::api::body;
+use llamagate::api::endpoint::Row;
+use std::sync::Arc;
+
+use llamagate::plugin::{
+    Backend, Endpoint, Facts, Header, Limits, LoadedModel, Plugin, Request, Runtime,
+};
 use llamagate::policy::{Chain, Outcome};
 
 const CONFIG: &str = r#"{
@@ -64,20 +68,16 @@ fn request(body: &Bytes) -> (Request, BTreeMap<String, String>) {
     (request, raw)
 }
 
-fn backends() -> Vec<Backend> {
-    (1..=4)
+/// `n` backends serving `models` models each; all serve `llama3.2`.
+fn fleet(n: u32, models: usize) -> Vec<Backend> {
+    (1..=n)
         .map(|i| Backend {
-            id: format!("gpu-0{i}"),
-            url: format!("http://gpu-0{i}:11434"),
+            id: format!("gpu-{i:02}"),
+            url: format!("http://gpu-{i:02}:11434"),
             healthy: true,
-            models: [
-                "llama3.2:latest",
-                "qwen2.5:14b",
-                "all-minilm:latest",
-                "mistral:latest",
-            ]
-            .map(String::from)
-            .to_vec(),
+            models: std::iter::once("llama3.2:latest".to_string())
+                .chain((1..models).map(|m| format!("model-{m}:latest")))
+                .collect(),
             loaded: vec![LoadedModel {
                 name: "llama3.2:latest".into(),
                 context_length: Some(8192),
@@ -108,7 +108,8 @@ fn bench(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
     let body = body();
     let (request, raw) = request(&body);
-    let backends = backends();
+    let backends: Arc<dyn Facts> = Arc::new(fleet(4, 4));
+    let large: Arc<dyn Facts> = Arc::new(fleet(50, 20));
 
     let mut group = c.benchmark_group("chat request");
     group.bench_function("peek body fields", |b| {
@@ -125,6 +126,13 @@ fn bench(c: &mut Criterion) {
         });
     }
     let chain = load(&runtime, 1);
+    group.bench_function("decide, chain of 1, 50 backends x 20 models", |b| {
+        b.iter(|| {
+            chain
+                .decide_blocking(request.clone(), raw.clone(), &large, &body, false)
+                .unwrap()
+        })
+    });
     let Outcome::Forward(plan) = chain
         .decide_blocking(request.clone(), raw.clone(), &backends, &body, false)
         .unwrap()

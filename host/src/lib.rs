@@ -1,44 +1,40 @@
 //! llamagate: one Ollama endpoint in front of a fleet of Ollama servers, with
 //! every policy decision made by sandboxed WebAssembly plugins.
 //!
-//! The life of a request, by module:
-//! [`server`] accepts it (within the [`client_limits`]) → [`endpoint`]
-//! classifies it → [`intake`] (with [`body`]) builds the view policies decide
-//! on → [`policy`] runs the plugin chain ([`plugin`] owns wasmtime) → [`gateway`] picks a backend from the [`fleet`] and
-//! forwards it through [`upstream`], relaying the answer with [`stream`] — or
-//! [`fanout`] asks every backend and merges the answers. [`error`] words failures
-//! for the client's API. Around it: [`reload`] (hot swap), [`status`],
-//! [`record`] and [`plugin_cmd`] (replay), [`config`], [`cli`], [`demo`]. The
-//! simulated Ollama used by the tests, the benches and `llamagate demo`/`sim` is
-//! its own crate, `llamagate-sim` (`host/sim`), not part of this library.
+//! The life of a request is [`proxy::pipeline`], phase by phase. By area,
+//! each depending only on the ones listed before it:
+//!
+//! | area | holds |
+//! |---|---|
+//! | [`log_limit`] | rate-limited log lines |
+//! | [`plugin`] | the WebAssembly runtime: components, instances, call slots (the only user of wasmtime) |
+//! | [`api`] | Ollama's API as Ollama reads it: the endpoint table, paths, bodies, the policy view, error wording |
+//! | [`config`] | the configuration file, flags and environment |
+//! | [`upstream`] | the pooled client that talks to backends, and how a failure there is described |
+//! | [`fleet`] | the backends: health, models served and loaded, requests in flight, probes |
+//! | [`policy`] | the plugin chain and the decision it makes |
+//! | [`proxy`] | the data path: the pipeline, forwarding, relaying, fan-out, listings |
+//! | [`admin`] | status and reloads |
+//! | [`server`] | start-up, the accept loop and the client-side limits |
+//! | [`cli`] | the command line: `serve`, `demo`, `plugin check/replay` |
+//!
+//! `it::layering` (in `host/tests`) checks that order. The simulated Ollama
+//! used by the tests, the benches and `llamagate demo`/`sim` is its own crate,
+//! `llamagate-sim` (`host/sim`), not part of this library.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
-pub mod body;
 pub mod cli;
-pub mod client_limits;
 pub mod config;
-pub mod demo;
-pub mod endpoint;
-pub mod error;
-pub mod fanout;
 pub mod fleet;
-pub mod gateway;
-pub mod intake;
-pub mod listing_cache;
 pub mod log_limit;
-pub mod model_change;
 pub mod plugin;
-pub mod plugin_cmd;
 pub mod policy;
-pub mod record;
-pub mod reload;
+pub mod proxy;
 pub mod server;
-pub mod status;
-pub mod stream;
 pub mod upstream;
-pub mod version;
 
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};

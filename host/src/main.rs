@@ -33,7 +33,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Demo(args)) => llamagate::demo::run(args.listen.or(cli.serve.listen)).await,
+        Some(Command::Demo(args)) => {
+            llamagate::cli::demo::run(args.listen.or(cli.serve.listen)).await
+        }
         Some(Command::Sim(args)) => {
             let listen = args
                 .listen
@@ -70,7 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .overrides()?;
             tokio::task::spawn_blocking(move || match command {
                 PluginCommand::Check { file, with_config } => {
-                    llamagate::plugin_cmd::check(&file, with_config.as_deref())
+                    llamagate::cli::plugin_cmd::check(&file, with_config.as_deref())
                 }
                 PluginCommand::Test {
                     file,
@@ -78,7 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     requests,
                     with_config,
                     alone,
-                } => llamagate::plugin_cmd::test(llamagate::plugin_cmd::TestArgs {
+                } => llamagate::cli::plugin_cmd::test(llamagate::cli::plugin_cmd::TestArgs {
                     file,
                     requests,
                     overrides,

@@ -25,13 +25,18 @@
 //! | a future `encoding/json/v2` matches names ignoring `_` and `-` too | a key that would match only that way (`keepAlive`, `keep-alive`) is refused as well | `json::tests::near_misses_are_ambiguous` |
 //! | only the first JSON value is read; trailing bytes are ignored | same | `body::tests::peeks_fields_and_ignores_trailing_bytes` |
 //! | `options` is a `map[string]any`: exact keys, the last duplicate wins; runner options are applied by exact name | same; at most `max_options` keys | `body::tests::options_last_duplicate_wins`, `it::bypass::too_many_options_is_a_400_and_costs_little` |
-//! | the struct decides which keys are fields: `name` exists only on show, pull, push, create and delete; `model` wins over `name` when both are non-empty | [`crate::endpoint`]'s table lists the fields per endpoint | `it::bypass::legacy_name_only_where_ollama_reads_it` |
+//! | the struct decides which keys are fields: `name` exists only on show, pull, push, create and delete; `model` wins over `name` when both are non-empty | [`crate::api::endpoint`]'s table lists the fields per endpoint | `it::bypass::legacy_name_only_where_ollama_reads_it` |
 //! | a field of the wrong type is a 400 (`json: cannot unmarshal number into ... of type string`) | same | `body::tests::errors` |
 //! | `/v1/audio/transcriptions` takes `model` with `FormValue`: the URL query first, then multipart parts (RFC 2231 names, quoted-printable parts, bare-LF delimiters) | the model is read from the one plain `name="model"` part; a query naming a model, a second candidate part or any unusual encoding is refused with 400 | `form::tests::refuses_every_other_reading`, `it::bypass::transcriptions_are_judged_on_their_form_model` |
 //! | `/v1/responses` inflates `Content-Encoding: zstd` bodies | a request body with any `Content-Encoding` other than `identity` is refused with 415 on endpoints whose body llamagate reads | `it::bypass::compressed_bodies_are_refused` |
 
+pub mod body;
+pub mod endpoint;
+pub mod error;
 pub mod form;
+pub mod intake;
 pub mod json;
 pub mod path;
 #[cfg(test)]
 mod props;
+pub mod version;

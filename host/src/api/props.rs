@@ -9,8 +9,8 @@
 use proptest::prelude::*;
 use serde_json::Value;
 
-use crate::body::{self, Peeked};
-use crate::endpoint::{classify, Endpoint, Row, TABLE};
+use crate::api::body::{self, Peeked};
+use crate::api::endpoint::{classify, Endpoint, Row, TABLE};
 use crate::plugin::JsonValue;
 
 /// Go's `ToUpper(ToLower(r))`, from Rust's Unicode tables (simple mappings:
@@ -157,7 +157,7 @@ fn check_agreement(endpoint: Endpoint, body: &str, peeked: &Peeked) {
     let members = oracle_members(body);
     let row = Row::of(endpoint);
     let model_fields: &[&str] = match row.model {
-        crate::endpoint::ModelAt::Body(f) => f,
+        crate::api::endpoint::ModelAt::Body(f) => f,
         _ => &[],
     };
     let expected_model = model_fields.iter().find_map(|f| oracle_string(&members, f));
@@ -370,8 +370,8 @@ proptest! {
         let methods = [http::Method::GET, http::Method::POST, http::Method::DELETE, http::Method::HEAD];
         for method in methods {
             match (classify(&method, &raw, None), &oracle) {
-                (Err(crate::endpoint::Rejection::BadPath), None) => {}
-                (Err(crate::endpoint::Rejection::BadPath), Some(_)) => panic!("{raw}: refused a good escape"),
+                (Err(crate::api::endpoint::Rejection::BadPath), None) => {}
+                (Err(crate::api::endpoint::Rejection::BadPath), Some(_)) => panic!("{raw}: refused a good escape"),
                 (_, None) => panic!("{raw}: accepted a bad escape"),
                 (Ok(c), Some(decoded)) => {
                     let decoded_text = String::from_utf8_lossy(decoded);
@@ -382,12 +382,12 @@ proptest! {
                         prop_assert!(TABLE.iter().any(|r| r.endpoint == expected && r.methods.contains(&method)));
                     }
                 }
-                (Err(crate::endpoint::Rejection::MethodNotAllowed), Some(decoded)) => {
+                (Err(crate::api::endpoint::Rejection::MethodNotAllowed), Some(decoded)) => {
                     let expected = oracle_route(&String::from_utf8_lossy(decoded));
                     prop_assert!(expected != Endpoint::Other, "{}", raw);
                     prop_assert!(!Row::of(expected).methods.contains(&method));
                 }
-                (Err(crate::endpoint::Rejection::Redirect { location, .. }), Some(decoded)) => {
+                (Err(crate::api::endpoint::Rejection::Redirect { location, .. }), Some(decoded)) => {
                     // Only when the slash-less path is a route for this method.
                     prop_assert!(decoded.ends_with(b"/"));
                     let trimmed = String::from_utf8_lossy(&decoded[..decoded.len() - 1]).into_owned();

@@ -14,6 +14,7 @@ mod errors;
 mod examples;
 mod fanout;
 mod flood;
+mod layering;
 mod listings;
 mod management;
 mod plugins;

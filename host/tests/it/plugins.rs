@@ -233,7 +233,8 @@ async fn explain_header_says_who_decided_what() {
     let (_a, proxy) = hostile_fleet("").await;
     let r = chat(&proxy, "none").await;
     assert!(
-        r.header(llamagate::gateway::DECISION_HEADER).is_none(),
+        r.header(llamagate::proxy::pipeline::DECISION_HEADER)
+            .is_none(),
         "off by default"
     );
 
@@ -250,7 +251,9 @@ async fn explain_header_says_who_decided_what() {
         &json!({"model":"gpt-4o","messages":[],"stream":false}),
     )
     .await;
-    let header = r.header(llamagate::gateway::DECISION_HEADER).unwrap();
+    let header = r
+        .header(llamagate::proxy::pipeline::DECISION_HEADER)
+        .unwrap();
     let id = sim.url().trim_start_matches("http://").to_string();
     assert!(
         header.starts_with("default-policy: model=llama3.2"),

@@ -1,6 +1,8 @@
 //! Starting llamagate: build the first generation, start probes, reloads and
 //! the accept loop.
 
+pub mod client_limits;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,95 +18,20 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::client_limits::{
-    shed_response, Activity, BodyDeadline, ClientLimits, ConnectionCap, Expiry, Tracked, Watched,
-};
-use crate::config::{Config, Overrides, PluginSpec};
-use crate::endpoint::ApiStyle;
-use crate::error::error_response;
-use crate::fleet::Fleet;
-use crate::gateway::{Gateway, Generation, Settings};
+use crate::admin::reload::Reloader;
+use crate::api::endpoint::ApiStyle;
+use crate::api::error::error_response;
+use crate::config::{Config, Overrides};
 use crate::log_limit::LogLimiter;
 use crate::plugin::Runtime;
-use crate::policy::{Chain, Link};
-use crate::record::Recorder;
-use crate::reload::Reloader;
+use crate::proxy::body_pace::BodyDeadline;
+use crate::proxy::record::Recorder;
+use crate::proxy::state::Gateway;
+use crate::server::client_limits::{
+    shed_response, Activity, ClientLimits, ConnectionCap, Expiry, Tracked, Watched,
+};
 use crate::upstream::Upstream;
 use crate::ResponseBody;
-
-/// Compiles and starts every plugin of a chain; fails with the plugin's message.
-pub fn load_chain(runtime: &Arc<Runtime>, specs: &[PluginSpec]) -> anyhow::Result<Chain> {
-    let mut links = Vec::new();
-    for spec in specs {
-        let wasm = spec.source.load()?;
-        let plugin = runtime
-            .load(
-                &spec.name,
-                &wasm,
-                spec.config_json.clone(),
-                spec.limits.clone(),
-            )
-            .map_err(|err| located(spec, err))?;
-        links.push(Link {
-            plugin,
-            on_failure: spec.on_failure,
-        });
-    }
-    Ok(Chain::new(links))
-}
-
-/// How [`Runtime::load`] words an `init` that returned an error.
-const REFUSED: &str = "init refused the config: ";
-
-/// A plugin's failure to load, for the operator: a refused config is named by
-/// the file's line and key (not a position in the JSON made from it), with
-/// quoted values scrubbed; anything else names the plugin.
-fn located(spec: &PluginSpec, err: anyhow::Error) -> anyhow::Error {
-    let text = format!("{err:#}");
-    match (&spec.config_from, text.split_once(REFUSED)) {
-        (Some(origin), Some((head, refusal))) => {
-            let (place, refusal) = origin.locate(&spec.config_json, refusal);
-            anyhow::anyhow!("{place}: {head}{REFUSED}{refusal}")
-        }
-        _ => err.context(format!("loading plugin {:?}", spec.name)),
-    }
-}
-
-/// Builds a generation from a config: plugins loaded and started, backends known
-/// (keeping what `previous` knew of backends that did not change).
-pub fn build_generation(
-    runtime: &Arc<Runtime>,
-    config: &Config,
-    number: u64,
-    previous: Option<&Fleet>,
-) -> anyhow::Result<Generation> {
-    let chain = load_chain(runtime, &config.plugins)?;
-    let shadow = if config.shadow.is_empty() {
-        None
-    } else {
-        Some(Arc::new(
-            load_chain(runtime, &config.shadow).context("loading the shadow chain")?,
-        ))
-    };
-    Ok(Generation {
-        number,
-        chain: Arc::new(chain),
-        shadow,
-        fleet: Arc::new(Fleet::new(&config.connections, previous)?),
-        listings: Arc::new(crate::listing_cache::ListingCache::new(
-            config.listing_cache,
-        )),
-        settings: Settings {
-            max_body_size: config.max_body_size,
-            view_limits: config.view_limits,
-            fanout_timeout: config.fanout_timeout,
-            probe_interval: config.probe_interval,
-            explain: config.explain,
-            status: config.status,
-            admin_key: config.admin_key.clone(),
-        },
-    })
-}
 
 /// How `run` was started.
 pub struct Launch {
@@ -127,9 +54,11 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> anyhow::
     // Plugin start-up runs guest code, which must stay off the async workers.
     let generation = {
         let (runtime, config) = (runtime.clone(), config.clone());
-        tokio::task::spawn_blocking(move || build_generation(&runtime, &config, 1, None))
-            .await
-            .context("starting the gateway")??
+        tokio::task::spawn_blocking(move || {
+            crate::proxy::generation::build(&runtime, &config, 1, None)
+        })
+        .await
+        .context("starting the gateway")??
     };
     let recorder = record.as_deref().map(Recorder::open).transpose()?;
     let upstream = Upstream::new(config.connect_timeout);
@@ -306,7 +235,12 @@ async fn serve_request(
     let deadline = BodyDeadline::new(limits.body);
     request.extensions_mut().insert(deadline.clone());
     let version = request.version();
-    let mut response = gateway.handle(request, client).await;
+    let mut response =
+        if crate::admin::status::asks_for_status(request.method(), request.uri().path()) {
+            crate::admin::status::answer(gateway, request.headers(), client)
+        } else {
+            crate::proxy::pipeline::handle(gateway, request, client).await
+        };
     if deadline.expired() {
         if response.status() != StatusCode::REQUEST_TIMEOUT {
             // A buffered body's 408 comes from the gateway in the client's API
@@ -341,7 +275,7 @@ fn shed(stream: TcpStream, cap: &ConnectionCap) {
 /// Backs off after a failed `accept` (out of descriptors, mostly) without
 /// flooding the log.
 async fn accept_failed(err: &std::io::Error) {
-    if crate::client_limits::out_of_descriptors(err) {
+    if crate::server::client_limits::out_of_descriptors(err) {
         crate::warn_limited!(
             ACCEPT_LOG,
             "descriptors",

@@ -15,14 +15,14 @@ use std::time::Instant;
 use anyhow::Context;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use crate::api::endpoint::{classify, Rejection};
+use crate::api::error::GatewayError;
+use crate::api::intake;
 use crate::config::{Config, OnFailure, Overrides, PluginSource, PluginSpec};
-use crate::endpoint::{classify, Rejection};
-use crate::error::GatewayError;
 use crate::fleet::Fleet;
-use crate::intake;
 use crate::plugin::{Limits, Runtime};
 use crate::policy::{Chain, Outcome};
-use crate::server::load_chain;
+use crate::proxy::generation::load_chain;
 
 /// Reads a plugin's config: a `.json` file, or a `.toml` file whose whole table
 /// is the config. `None` gives `{}`.
@@ -101,7 +101,7 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
     };
     let chain = Arc::new(chain);
     println!("chain: {}", chain.names().join(" -> "));
-    let recorded = crate::record::read(&args.requests)?;
+    let recorded = crate::proxy::record::read(&args.requests)?;
     let (mut forwarded, mut answered, mut not_found, mut failed) = (0, 0, 0, 0);
     for (i, entry) in recorded.iter().enumerate() {
         let line = format!("#{:<4} {} {}", i + 1, entry.method, entry.path);
@@ -139,7 +139,7 @@ enum Verdict {
 fn replay(
     chain: &Chain,
     fleet: &Fleet,
-    entry: &crate::record::Recorded,
+    entry: &crate::proxy::record::Recorded,
     index: usize,
 ) -> Result<(String, String, Verdict), GatewayError> {
     let bad = |m: String| GatewayError::client(http::StatusCode::BAD_REQUEST, m);
@@ -179,13 +179,9 @@ fn replay(
         client: entry.client.clone(),
         limits: intake::ViewLimits::default(),
     })?;
-    let outcome = chain.decide_blocking(
-        intake.view,
-        intake.raw_options,
-        &fleet.views(),
-        &body.into(),
-        true,
-    )?;
+    let facts: std::sync::Arc<dyn crate::plugin::Facts> = std::sync::Arc::new(fleet.views());
+    let outcome =
+        chain.decide_blocking(intake.view, intake.raw_options, &facts, &body.into(), true)?;
     let trace = outcome.trace().join("; ");
     Ok(match outcome {
         Outcome::Respond { plugin, reply, .. } => (
@@ -199,8 +195,11 @@ fn replay(
         Outcome::Forward(plan) => {
             let model = plan.request.model.as_deref().unwrap_or("-");
             match (&plan.backends, &plan.request.model) {
-                (Some((ids, _)), _) if !ids.is_empty() => (
-                    format!("forward to {}  [model {model}]", ids.join(", then ")),
+                (Some(choice), _) if !choice.backends.is_empty() => (
+                    format!(
+                        "forward to {}  [model {model}]",
+                        choice.backends.join(", then ")
+                    ),
                     trace,
                     Verdict::Forward,
                 ),

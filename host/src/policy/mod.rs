@@ -12,7 +12,6 @@
 //! is held until that call returns. Offline replay uses [`Chain::decide_blocking`].
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +19,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use crate::body::render;
+use crate::api::body::render;
+use crate::api::error::GatewayError;
 use crate::config::OnFailure;
-use crate::error::GatewayError;
 use crate::log_limit::LogLimiter;
 use crate::plugin::{
-    Backend, Decision, Edits, Header, ListedModel, OptionEntry, Plugin, PluginError, Reply, Request,
+    Decision, Edits, Facts, Header, ListedModel, OptionEntry, Plugin, PluginError, Reply, Request,
 };
 
 /// One "skipped (on_failure = open)" line per plugin and kind every 10 s.
@@ -76,43 +75,45 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The decision in words, one line, for the log and for comparing live
-    /// and shadow chains: `answer 403`, or
-    /// `forward llama3.2 to gpu-01, then gpu-02 with num_ctx=8192 keep_alive="10m"`
-    /// (options and `keep_alive` only when the chain changed them).
-    pub fn summary(&self) -> String {
+    /// What the decision amounts to, comparable (the live and shadow chains
+    /// agree when their verdicts are equal) and shown in words by `Display`.
+    pub fn verdict(&self) -> Verdict {
         match self {
-            Outcome::Respond { reply, .. } => format!("answer {}", reply.status),
+            Outcome::Respond { reply, .. } => Verdict::Answer {
+                status: reply.status,
+            },
             Outcome::Forward(plan) => {
-                let mut s = String::from("forward");
-                if let Some(model) = &plan.request.model {
-                    let _ = write!(s, " {model}");
-                }
-                match plan.backends.as_ref().map(|(ids, _)| ids) {
-                    Some(ids) if !ids.is_empty() => {
-                        let _ = write!(s, " to {}", ids.join(", then "));
+                let route = match &plan.backends {
+                    Some(choice) if !choice.backends.is_empty() => {
+                        Route::Backends(choice.backends.clone())
                     }
-                    None if plan.request.model.is_none() => s.push_str(" to any backend"),
-                    _ => s.push_str(" to no backend (not found)"),
-                }
+                    None if plan.request.model.is_none() => Route::Any,
+                    _ => Route::NotFound,
+                };
                 let mut with = Vec::new();
                 if plan.options_changed {
                     for (entry, raw) in plan.option_entries() {
                         let value = raw.unwrap_or_else(|| render(&entry.value));
-                        with.push(format!("{}={value}", entry.key));
+                        with.push((entry.key, value));
                     }
                 }
                 if plan.keep_alive_changed {
                     if let Some(k) = &plan.request.keep_alive {
-                        with.push(format!("keep_alive={}", render(k)));
+                        with.push(("keep_alive".to_string(), render(k)));
                     }
                 }
-                if !with.is_empty() {
-                    let _ = write!(s, " with {}", with.join(" "));
+                Verdict::Forward {
+                    model: plan.request.model.clone(),
+                    route,
+                    with,
                 }
-                s
             }
         }
+    }
+
+    /// The decision in words, one line ([`Verdict`]'s `Display`).
+    pub fn summary(&self) -> String {
+        self.verdict().to_string()
     }
 
     /// The per-plugin trace, when the chain ran with tracing on.
@@ -122,6 +123,73 @@ impl Outcome {
             Outcome::Forward(plan) => &plan.trace,
         }
     }
+}
+
+/// What a chain decided, as data: equal verdicts are the same decision.
+/// Shown in words: `answer 403`, or
+/// `forward llama3.2 to gpu-01, then gpu-02 with num_ctx=8192 keep_alive="10m"`
+/// (options and `keep_alive` only when the chain changed them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Answer the client with `status` (whichever plugin said so: a shadow
+    /// chain under test may name its plugins differently).
+    Answer {
+        /// The status.
+        status: u16,
+    },
+    /// Forward the request.
+    Forward {
+        /// The model the backend is asked for.
+        model: Option<String>,
+        /// Where it goes.
+        route: Route,
+        /// Options and `keep_alive` the chain changed, as JSON text, in order.
+        with: Vec<(String, String)>,
+    },
+}
+
+/// Where a forwarded request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Any backend (the request names no model).
+    Any,
+    /// These backends, tried in this order.
+    Backends(Vec<String>),
+    /// No backend serves the model: the client gets "model not found".
+    NotFound,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Answer { status, .. } => write!(f, "answer {status}"),
+            Verdict::Forward { model, route, with } => {
+                f.write_str("forward")?;
+                if let Some(model) = model {
+                    write!(f, " {model}")?;
+                }
+                match route {
+                    Route::Backends(ids) => write!(f, " to {}", ids.join(", then "))?,
+                    Route::Any => f.write_str(" to any backend")?,
+                    Route::NotFound => f.write_str(" to no backend (not found)")?,
+                }
+                for (i, (key, value)) in with.iter().enumerate() {
+                    f.write_str(if i == 0 { " with " } else { " " })?;
+                    write!(f, "{key}={value}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The backends a plugin chose for a request, in the order to try them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// Backend ids, first choice first.
+    pub backends: Vec<String>,
+    /// The plugin that chose them (the last in the chain that set a list).
+    pub by: String,
 }
 
 /// A request as the chain left it, with what changed.
@@ -141,7 +209,7 @@ pub struct Plan {
     /// Headers to remove.
     pub remove_headers: Vec<HeaderName>,
     /// Backends to try in order, and the plugin that chose them.
-    pub backends: Option<(Vec<String>, String)>,
+    pub backends: Option<Choice>,
     /// What each plugin did, when tracing.
     pub trace: Vec<String>,
 }
@@ -174,7 +242,7 @@ impl Plan {
         if self.options_changed {
             edits.push((
                 "options",
-                crate::body::render_options(&self.option_entries()),
+                crate::api::body::render_options(&self.option_entries()),
             ));
         }
         if self.keep_alive_changed {
@@ -242,7 +310,10 @@ impl Plan {
         }
         if let Some(list) = edits.backends {
             req.route = Some(list.clone());
-            self.backends = Some((list, plugin.to_string()));
+            self.backends = Some(Choice {
+                backends: list,
+                by: plugin.to_string(),
+            });
         }
         Ok(())
     }
@@ -279,7 +350,7 @@ impl Chain {
         &self,
         request: Request,
         raw_options: BTreeMap<String, String>,
-        backends: Arc<[Backend]>,
+        facts: Arc<dyn Facts>,
         body: Bytes,
         trace: bool,
     ) -> Result<Outcome, GatewayError> {
@@ -288,10 +359,9 @@ impl Chain {
         for link in &self.links {
             let result = match link.plugin.admit(&client).await {
                 Ok(slot) => {
-                    let (plugin, backends, body) =
-                        (link.plugin.clone(), backends.clone(), body.clone());
+                    let (plugin, facts, body) = (link.plugin.clone(), facts.clone(), body.clone());
                     let (back, result) = crate::plugin::off_thread(move || {
-                        let result = plugin.on_request(&plan.request, &backends, &body);
+                        let result = plugin.on_request(&plan.request, &facts, &body);
                         drop(slot);
                         (plan, result)
                     })
@@ -315,13 +385,13 @@ impl Chain {
         &self,
         request: Request,
         raw_options: BTreeMap<String, String>,
-        backends: &[Backend],
+        facts: &Arc<dyn Facts>,
         body: &Bytes,
         trace: bool,
     ) -> Result<Outcome, GatewayError> {
         let mut plan = Plan::new(request, raw_options);
         for link in &self.links {
-            let result = link.plugin.on_request(&plan.request, backends, body);
+            let result = link.plugin.on_request(&plan.request, facts, body);
             plan = match step(link, plan, result, trace)? {
                 ControlFlow::Continue(plan) => plan,
                 ControlFlow::Break(outcome) => return Ok(outcome),

@@ -14,49 +14,17 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
+use crate::config::AdminKey;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use crate::error::text_response;
-use crate::gateway::{json, Gateway};
+use crate::api::error::json;
+use crate::api::error::text_response;
+use crate::proxy::state::Gateway;
 use crate::ResponseBody;
 
 /// The status endpoint's path (not an Ollama path, so it cannot collide).
 pub const PATH: &str = "/llamagate/status";
-
-/// The admin key, kept as its SHA-256 digest: the key itself is never stored,
-/// logged or shown (`Debug` prints no part of it).
-#[derive(Clone, PartialEq, Eq)]
-pub struct AdminKey([u8; 32]);
-
-impl AdminKey {
-    /// Checks a configured key: not empty, and sendable in a header (visible
-    /// ASCII, no spaces). The error never contains the key.
-    pub fn new(key: &str) -> anyhow::Result<AdminKey> {
-        anyhow::ensure!(!key.is_empty(), "the admin key is empty");
-        anyhow::ensure!(
-            key.bytes().all(|b| b.is_ascii_graphic()),
-            "the admin key must be visible ASCII without spaces, to be sent as \
-             `Authorization: Bearer KEY`"
-        );
-        Ok(AdminKey(Sha256::digest(key.as_bytes()).into()))
-    }
-
-    /// Whether `presented` is the key, in time independent of where they differ
-    /// (digests of equal length are compared, so the length leaks nothing either).
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented).into();
-        self.0.ct_eq(&digest).into()
-    }
-}
-
-impl std::fmt::Debug for AdminKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminKey(<redacted>)")
-    }
-}
 
 /// What a caller of the status endpoint gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +65,16 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
         .eq_ignore_ascii_case(b"bearer ")
         .then(|| token.trim_ascii())
         .filter(|t| !t.is_empty())
+}
+
+/// Whether a request is `GET /llamagate/status` (the path read as Ollama's
+/// router would read it: percent-decoded), which the server answers before
+/// the request pipeline sees it.
+pub fn asks_for_status(method: &http::Method, path: &str) -> bool {
+    method == http::Method::GET
+        && (path == PATH
+            || (path.contains('%')
+                && crate::api::path::decode(path).is_ok_and(|p| p == PATH.as_bytes())))
 }
 
 /// Answers `GET /llamagate/status`: the document, or the refusal [`access`] decides.
@@ -145,7 +123,7 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
         })
         .collect();
     // This generation's counts (a reload starts them at zero).
-    let stats = gateway.shadow_stats.load();
+    let stats = gateway.shadow.stats();
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "generation": generation.number,

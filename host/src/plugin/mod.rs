@@ -65,6 +65,31 @@ pub use bindings::llamagate::policy::types::{
 };
 use bindings::{PolicyPlugin, PolicyPluginPre};
 
+/// What a plugin may learn about the fleet during a call, answered by the
+/// host from what it knows now (the fleet implements it).
+pub trait Facts: Send + Sync {
+    /// Every backend with the models it serves, in configuration order.
+    fn all(&self) -> Vec<Backend>;
+    /// The backends that serve `model` (Ollama's name rules), in configuration order.
+    fn serving(&self, model: &str) -> Vec<Backend>;
+}
+
+impl Facts for Vec<Backend> {
+    fn all(&self) -> Vec<Backend> {
+        self.clone()
+    }
+    fn serving(&self, model: &str) -> Vec<Backend> {
+        self.iter()
+            .filter(|b| {
+                b.models
+                    .iter()
+                    .any(|m| llamagate_sdk::names::same(m, model))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 /// How often the epoch ticker advances. Deadlines are whole ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -476,17 +501,19 @@ impl Plugin {
             })
     }
 
-    /// Runs `on-request`. `body` is what `host.request-body` returns.
+    /// Runs `on-request`. `body` is what `host.request-body` returns; `facts`
+    /// answers what the plugin asks about the fleet.
     pub fn on_request(
         &self,
         req: &Request,
-        backends: &[Backend],
+        facts: &Arc<dyn Facts>,
         body: &Bytes,
     ) -> Result<Decision, PluginError> {
+        let backends = facts.all();
         self.inner
             .call(body, |store, b| {
                 b.llamagate_policy_policy()
-                    .call_on_request(store, req, backends)
+                    .call_on_request(store, req, &backends)
             })
             .map_err(|err| match err {
                 PluginError::OutOfMemory {

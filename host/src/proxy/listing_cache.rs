@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::error::GatewayError;
+use crate::api::error::Unanswered;
 
 /// The listings that are cached, one slot each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +47,7 @@ struct Fetched<T> {
     ended: Instant,
     /// The invalidation count when it started.
     epoch: u64,
-    result: Result<Arc<T>, String>,
+    result: Result<Arc<T>, Unanswered>,
 }
 
 /// One listing's slot: the last fetch, and the lock a fetch holds.
@@ -99,10 +99,10 @@ impl<T> ListingCache<T> {
 
     /// The listing, from the cache while it is fresh, else from `fetch`
     /// (at most one fetch per listing at a time; those who wait share it).
-    pub async fn get<F, Fut>(&self, listing: Listing, fetch: F) -> Result<Arc<T>, GatewayError>
+    pub async fn get<F, Fut>(&self, listing: Listing, fetch: F) -> Result<Arc<T>, Unanswered>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<T, GatewayError>>,
+        Fut: std::future::Future<Output = Result<T, Unanswered>>,
     {
         if self.ttl.is_zero() {
             return fetch().await.map(Arc::new);
@@ -122,7 +122,7 @@ impl<T> ListingCache<T> {
         let result = fetch().await.map(Arc::new);
         let kept = match &result {
             Ok(value) => Ok(value.clone()),
-            Err(err) => Err(err.to_string()),
+            Err(err) => Err(err.clone()),
         };
         let mut last = slot.last.lock().unwrap();
         if self.epoch.load(Ordering::Relaxed) == epoch {
@@ -139,7 +139,7 @@ impl<T> ListingCache<T> {
     /// The kept answer if it serves a request that arrived at `arrived`: a
     /// listing fetched less than `ttl` ago, or any outcome of a fetch that
     /// ended after the request arrived (the request waited for it).
-    fn fresh(&self, slot: &Slot<T>, arrived: Instant) -> Option<Result<Arc<T>, GatewayError>> {
+    fn fresh(&self, slot: &Slot<T>, arrived: Instant) -> Option<Result<Arc<T>, Unanswered>> {
         let last = slot.last.lock().unwrap();
         let fetched = last.as_ref()?;
         if fetched.epoch != self.epoch.load(Ordering::Relaxed) {
@@ -150,10 +150,32 @@ impl<T> ListingCache<T> {
             Ok(value) if waited_for_it || fetched.started.elapsed() < self.ttl => {
                 Some(Ok(value.clone()))
             }
-            Err(message) if waited_for_it => Some(Err(GatewayError::Upstream(message.clone()))),
+            Err(unanswered) if waited_for_it => Some(Err(unanswered.clone())),
             _ => None,
         }
     }
+}
+
+/// A listing as merged from the backends' answers, before the chain's
+/// `list-models` (what [`ListingCache`] keeps).
+pub enum MergedListing {
+    /// `/api/version`: the lowest version.
+    Version(String),
+    /// `/api/tags`, `/api/ps`, `/v1/models`: the models, without duplicates.
+    Models(Vec<Merged>),
+}
+
+/// The listings cache of a generation.
+pub type Listings = ListingCache<MergedListing>;
+
+/// One model of a merged listing.
+pub struct Merged {
+    /// The model's name as the first backend listing it spelled it.
+    pub name: String,
+    /// That backend's entry for it.
+    pub item: serde_json::Value,
+    /// Every backend that listed it, in answer order.
+    pub backends: Vec<String>,
 }
 
 #[cfg(test)]
@@ -161,7 +183,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    async fn counted(calls: &AtomicUsize, delay: Duration) -> Result<usize, GatewayError> {
+    async fn counted(calls: &AtomicUsize, delay: Duration) -> Result<usize, Unanswered> {
         let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::time::sleep(delay).await;
         Ok(n)
@@ -219,11 +241,14 @@ mod tests {
         let failing = || async {
             calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
-            Err::<usize, _>(GatewayError::Upstream("no backend answered".into()))
+            Err::<usize, _>(Unanswered {
+                what: "/api/tags".into(),
+                attempts: Default::default(),
+            })
         };
         let burst = (0..5).map(|_| cache.get(Listing::Version, failing));
         for answer in futures_util::future::join_all(burst).await {
-            assert_eq!(answer.unwrap_err().to_string(), "no backend answered");
+            assert_eq!(answer.unwrap_err().to_string(), "no backend answered /api/tags");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(cache.get(Listing::Version, failing).await.is_err());

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use http::{header, HeaderMap, Method, StatusCode};
 
-use crate::body::{self, BodyError};
-use crate::endpoint::{ApiStyle, Classified, Endpoint, Handling, ModelAt};
-use crate::error::{model_missing, GatewayError};
+use crate::api::body::{self, BodyError};
+use crate::api::endpoint::{ApiStyle, Classified, Endpoint, Handling, ModelAt};
+use crate::api::error::{model_missing, GatewayError};
 use crate::plugin::{Header, Request as PolicyRequest};
 
 /// Limits on the work done before the policy runs.

@@ -10,8 +10,8 @@
 
 use serde_json::value::RawValue;
 
+use crate::api::endpoint::{Endpoint, ModelAt, Row, Streams};
 use crate::api::json::{self, kind, Object, ReadError};
-use crate::endpoint::{Endpoint, ModelAt, Row, Streams};
 use crate::plugin::{JsonValue, OptionEntry};
 
 /// A request body that cannot be used, worded for the client.

@@ -1,6 +1,9 @@
 //! The command line. Accepts gollamas' flags and environment variables
 //! (`GOLLAMAS_*`) as well as llamagate's own (`LLAMAGATE_*`).
 
+pub mod demo;
+pub mod plugin_cmd;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

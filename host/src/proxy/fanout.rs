@@ -9,7 +9,7 @@
 //! result an error.
 //!
 //! The merged answer (before `list-models`, which depends on who asks) is kept
-//! for `listing_cache` in the generation's [`ListingCache`].
+//! for `listing_cache` in the generation's [`crate::proxy::listing_cache::Listings`].
 
 use std::sync::Arc;
 
@@ -17,12 +17,15 @@ use http::StatusCode;
 use llamagate_sdk::names;
 use serde_json::{json, Value};
 
-use crate::endpoint::Endpoint;
-use crate::error::GatewayError;
+use crate::api::endpoint::Endpoint;
+use crate::api::error::json as json_response;
+use crate::api::error::{GatewayError, Unanswered};
 use crate::fleet::BackendState;
-use crate::gateway::{json as json_response, Gateway, Generation};
-use crate::listing_cache::{Listing, ListingCache};
 use crate::plugin::{ListedModel, Request};
+use crate::proxy::generation::Generation;
+use crate::proxy::listing_cache::{Listing, Merged, MergedListing};
+use crate::proxy::state::Gateway;
+use crate::upstream::Attempts;
 use crate::ResponseBody;
 
 /// Serves a fan-out endpoint.
@@ -103,33 +106,17 @@ pub async fn serve(
 }
 
 /// The lowest version the backends reported.
-fn lowest_version(answers: &[(String, Value)]) -> Result<String, GatewayError> {
+fn lowest_version(answers: &[(String, Value)]) -> Result<String, Unanswered> {
     let versions: Vec<&str> = answers
         .iter()
         .filter_map(|(_, v)| v.get("version").and_then(Value::as_str))
         .collect();
-    crate::version::lowest(versions.iter().copied())
+    crate::api::version::lowest(versions.iter().copied())
         .map(str::to_string)
-        .ok_or_else(|| GatewayError::Upstream("no backend reported a version".into()))
-}
-
-/// A listing as merged from the backends' answers, before the chain's
-/// `list-models` (what [`ListingCache`] keeps).
-pub enum MergedListing {
-    /// `/api/version`: the lowest version.
-    Version(String),
-    /// `/api/tags`, `/api/ps`, `/v1/models`: the models, without duplicates.
-    Models(Vec<Merged>),
-}
-
-/// The listings cache of a generation.
-pub type Listings = ListingCache<MergedListing>;
-
-/// One model of a merged listing.
-pub struct Merged {
-    name: String,
-    item: Value,
-    backends: Vec<String>,
+        .ok_or_else(|| Unanswered {
+            what: "a version".into(),
+            attempts: Attempts::default(),
+        })
 }
 
 fn merge(answers: &[(String, Value)], list_key: &str, name_key: &str) -> Vec<Merged> {
@@ -165,7 +152,7 @@ async fn ask_all(
     gateway: &Gateway,
     generation: &Generation,
     path: &str,
-) -> Result<Vec<(String, Value)>, GatewayError> {
+) -> Result<Vec<(String, Value)>, Unanswered> {
     let timeout = generation.settings.fanout_timeout;
     let asks = generation
         .fleet
@@ -174,7 +161,7 @@ async fn ask_all(
         .map(|backend: &Arc<BackendState>| {
             let upstream = gateway.upstream.clone();
             async move {
-                let result = upstream.get_json::<Value>(backend, path, timeout).await;
+                let result = upstream.get_json::<Value>(&**backend, path, timeout).await;
                 backend.set_healthy(result.is_ok());
                 (backend.id.clone(), result)
             }
@@ -187,15 +174,15 @@ async fn ask_all(
             Ok(value) => answers.push((id, value)),
             Err(e) => {
                 tracing::warn!(backend = %id, "skipped in {path}: {e}");
-                failures.push(e.to_string());
+                failures.push(e);
             }
         }
     }
     if answers.is_empty() && !failures.is_empty() {
-        return Err(GatewayError::Upstream(format!(
-            "no backend answered {path}: {}",
-            failures.join("; ")
-        )));
+        return Err(Unanswered {
+            what: path.to_string(),
+            attempts: Attempts(failures),
+        });
     }
     Ok(answers)
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::endpoint::{ApiStyle, Endpoint};
+use crate::api::endpoint::{ApiStyle, Endpoint};
 use crate::log_limit::LogLimiter;
 use crate::plugin::PluginError;
+use crate::upstream::Attempts;
 use crate::ResponseBody;
 
 /// Rate limit of the log lines for failing plugins, per plugin and kind.
@@ -37,12 +38,38 @@ pub enum GatewayError {
         /// What was wrong.
         message: String,
     },
-    /// No backend could be reached.
+    /// Every backend tried failed; what happened at each, in order.
     #[error("{0}")]
-    Upstream(String),
+    Upstream(Attempts),
+    /// No backend is configured at all.
+    #[error("no backend is configured")]
+    NoBackend,
+    /// A listing no backend could answer.
+    #[error("{0}")]
+    Unanswered(#[from] Unanswered),
     /// A bug in llamagate itself.
     #[error("llamagate internal error: {0}")]
     Internal(String),
+}
+
+/// A listing no backend could answer: `what` failed at each backend asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no backend answered {what}{}", colon(.attempts))]
+pub struct Unanswered {
+    /// What was asked (`/api/tags`; `a version` when none reported one).
+    pub what: String,
+    /// What happened at each backend asked (empty when they answered, but
+    /// not with what was asked).
+    pub attempts: Attempts,
+}
+
+/// `: ` and the attempts, when there are any.
+fn colon(attempts: &Attempts) -> String {
+    if attempts.0.is_empty() {
+        String::new()
+    } else {
+        format!(": {attempts}")
+    }
 }
 
 impl From<crate::plugin::CallLost> for GatewayError {
@@ -68,7 +95,9 @@ impl GatewayError {
             GatewayError::Plugin(_)
             | GatewayError::PluginAnswer { .. }
             | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Upstream(_) | GatewayError::NoBackend | GatewayError::Unanswered(_) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -130,6 +159,16 @@ pub fn error_response(
         ApiStyle::OpenAi => "application/json",
     };
     json_response(status, content_type, body.to_string().into())
+}
+
+/// A JSON response assembled by llamagate itself (an empty body for `HEAD`).
+pub fn json(status: StatusCode, value: &serde_json::Value, head: bool) -> Response<ResponseBody> {
+    let text = if head {
+        Bytes::new()
+    } else {
+        Bytes::from(value.to_string())
+    };
+    json_response(status, "application/json; charset=utf-8", text)
 }
 
 /// A response with a JSON body.

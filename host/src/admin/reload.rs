@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, Overrides};
-use crate::gateway::{Gateway, ReloadReport};
 use crate::plugin::Runtime;
-use crate::server::build_generation;
+use crate::proxy::generation;
+use crate::proxy::state::{Gateway, ReloadReport};
 
 /// How often watched files are checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -55,7 +55,7 @@ impl Reloader {
         let number = previous.number + 1;
         let built = tokio::task::spawn_blocking(move || {
             let config = Config::load(&overrides)?;
-            let generation = build_generation(&runtime, &config, number, Some(&previous.fleet))?;
+            let generation = generation::build(&runtime, &config, number, Some(&previous.fleet))?;
             anyhow::Ok((generation, config))
         })
         .await

@@ -20,7 +20,7 @@ use llamagate_sdk::names;
 use serde::Deserialize;
 
 use crate::plugin::{Backend, LoadedModel};
-use crate::upstream::Upstream;
+use crate::upstream::{Destination, Upstream};
 
 /// One backend Ollama server.
 pub struct BackendState {
@@ -130,6 +130,21 @@ impl BackendState {
     }
 }
 
+impl Destination for BackendState {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn uri(&self) -> &Uri {
+        &self.uri
+    }
+    fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
+    }
+}
+
 /// A request in flight to a backend; dropping it ends the count.
 pub struct InFlight(Arc<BackendState>);
 
@@ -230,10 +245,31 @@ impl Fleet {
         self.backends.iter().map(|b| b.view()).collect()
     }
 
+    /// Snapshots of the backends that serve `model` (by Ollama's name rules).
+    pub fn serving(&self, model: &str) -> Vec<Backend> {
+        self.backends
+            .iter()
+            .filter(|b| {
+                let seen = b.seen.read().unwrap();
+                seen.models.iter().any(|m| names::same(m, model))
+            })
+            .map(|b| b.view())
+            .collect()
+    }
+
     /// Probes every backend now, concurrently.
     pub async fn probe_all(&self, upstream: &Upstream, timeout: Duration) {
         let probes = self.backends.iter().map(|b| probe(b, upstream, timeout));
         futures_util::future::join_all(probes).await;
+    }
+}
+
+impl crate::plugin::Facts for Fleet {
+    fn all(&self) -> Vec<Backend> {
+        self.views()
+    }
+    fn serving(&self, model: &str) -> Vec<Backend> {
+        Fleet::serving(self, model)
     }
 }
 
@@ -264,10 +300,10 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
         HeaderValue::from_static(PROBE_USER_AGENT),
     );
     let tags = upstream
-        .get_json_with::<Tags>(backend, "/api/tags", &headers, timeout)
+        .get_json_with::<Tags>(&**backend, "/api/tags", &headers, timeout)
         .await;
     let ps = upstream
-        .get_json_with::<Tags>(backend, "/api/ps", &headers, timeout)
+        .get_json_with::<Tags>(&**backend, "/api/ps", &headers, timeout)
         .await;
     match (tags, ps) {
         (Ok(tags), ps) => {

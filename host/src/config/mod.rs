@@ -11,11 +11,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+mod admin_key;
+pub mod limits;
 pub mod origin;
 
-use crate::client_limits::{BodyPace, ClientLimits};
+pub use admin_key::AdminKey;
+
+use crate::config::limits::{BodyPace, ClientLimits};
 use crate::plugin::Limits;
-use crate::status::AdminKey;
 
 /// The environment variable that sets the admin key (it wins over the file).
 pub const ADMIN_KEY_ENV: &str = "LLAMAGATE_ADMIN_KEY";
@@ -31,7 +34,7 @@ pub struct Config {
     /// Largest request body read into memory, in bytes.
     pub max_body_size: usize,
     /// Limits on the policy view: keys in `options`, bytes in all.
-    pub view_limits: crate::intake::ViewLimits,
+    pub view_limits: crate::api::intake::ViewLimits,
     /// Time to connect to a backend before trying the next.
     pub connect_timeout: Duration,
     /// Time a list endpoint waits for each backend.
@@ -387,8 +390,8 @@ impl Config {
                 None => 256 << 20,
             },
             view_limits: {
-                let default = crate::intake::ViewLimits::default();
-                crate::intake::ViewLimits {
+                let default = crate::api::intake::ViewLimits::default();
+                crate::api::intake::ViewLimits {
                     max_options: file.max_options.unwrap_or(default.max_options),
                     max_view_size: match &file.max_view_size {
                         Some(s) => s.bytes("max_view_size")?,

@@ -1,17 +1,30 @@
-//! The pooled HTTP client that talks to backends.
+//! The pooled HTTP client that talks to backends, and what happened there as
+//! data: a [`Failure`] at one backend ([`BackendError`]), every backend a
+//! request tried ([`Attempts`]).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, Method, Request, Response, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::fleet::BackendState;
 use crate::RequestBody;
+
+/// Where requests go: what the client needs to know of a backend.
+pub trait Destination: Sync {
+    /// The operator's id for it.
+    fn id(&self) -> &str;
+    /// Its base URL without userinfo, as shown in logs and errors.
+    fn url(&self) -> &str;
+    /// The parsed base URL to connect to (scheme, authority, optional base path).
+    fn uri(&self) -> &Uri;
+    /// The `Authorization` every request to it carries (from its URL's userinfo).
+    fn authorization(&self) -> Option<&HeaderValue>;
+}
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the
 /// framing headers hyper recomputes for the body it sends, and `expect`: the
@@ -49,7 +62,7 @@ impl Upstream {
     /// Sends a request to `backend`. `path` is the path and query to use.
     pub async fn send(
         &self,
-        backend: &BackendState,
+        backend: &dyn Destination,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
@@ -57,7 +70,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
         let mut request = Request::new(body);
         *request.method_mut() = method.clone();
-        *request.uri_mut() = join(&backend.uri, path);
+        *request.uri_mut() = join(backend.uri(), path);
         let out = request.headers_mut();
         for (name, value) in headers {
             if !HOP_BY_HOP.contains(name) && name != header::CONTENT_LENGTH {
@@ -84,7 +97,7 @@ impl Upstream {
     /// status and body.
     pub async fn get(
         &self,
-        backend: &BackendState,
+        backend: &dyn Destination,
         path: &str,
         headers: &HeaderMap,
         timeout: Duration,
@@ -118,7 +131,7 @@ impl Upstream {
     /// GETs and parses a JSON answer; a non-2xx status is an error.
     pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
-        backend: &BackendState,
+        backend: &dyn Destination,
         path: &str,
         timeout: Duration,
     ) -> Result<T, BackendError> {
@@ -129,7 +142,7 @@ impl Upstream {
     /// [`Upstream::get_json`] with request headers.
     pub async fn get_json_with<T: serde::de::DeserializeOwned>(
         &self,
-        backend: &BackendState,
+        backend: &dyn Destination,
         path: &str,
         headers: &HeaderMap,
         timeout: Duration,
@@ -166,12 +179,28 @@ pub struct BackendError {
 
 impl BackendError {
     /// `failure` at `backend`.
-    pub fn at(backend: &BackendState, failure: Failure) -> BackendError {
+    pub fn at(backend: &dyn Destination, failure: Failure) -> BackendError {
         BackendError {
-            id: backend.id.clone(),
-            url: backend.url.clone(),
+            id: backend.id().to_string(),
+            url: backend.url().to_string(),
             failure,
         }
+    }
+}
+
+/// Every backend a request tried, in order, with what happened at each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attempts(pub Vec<BackendError>);
+
+impl std::fmt::Display for Attempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, attempt) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{attempt}")?;
+        }
+        Ok(())
     }
 }
 
@@ -182,10 +211,10 @@ pub enum Failure {
     /// No connection could be made (refused, no route, unknown host, connect
     /// timeout): the next replica may be tried.
     #[error("is unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(Cause),
     /// Connected, then the exchange broke (reset, closed early).
     #[error("failed: {0}")]
-    Broken(String),
+    Broken(Cause),
     /// No complete answer in time.
     #[error("did not answer within {0:?}")]
     TimedOut(Duration),
@@ -218,10 +247,35 @@ impl Failure {
     }
 }
 
+/// What went wrong underneath, as a kind to count and a few words to show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{words}")]
+pub struct Cause {
+    /// The kind, for counting and acting on.
+    pub kind: CauseKind,
+    /// In a few lower-case words (`connection refused`).
+    pub words: String,
+}
+
+/// Kinds of [`Cause`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CauseKind {
+    /// The connection was refused.
+    Refused,
+    /// Connecting took longer than `connect_timeout`.
+    ConnectTimedOut,
+    /// The connection was reset or aborted.
+    Reset,
+    /// The backend closed the connection before its answer was complete.
+    ClosedEarly,
+    /// Anything else (unknown host, no route, a protocol error).
+    Other,
+}
+
 /// The root cause of `err` in a few lower-case words (`connection refused`),
 /// not hyper's chain of wrappers (`client error (Connect): tcp connect error:
 /// Connection refused (os error 111)`).
-pub fn cause(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn cause(err: &(dyn std::error::Error + 'static)) -> Cause {
     use std::io::ErrorKind;
     let mut innermost = err;
     let mut io = None;
@@ -234,18 +288,18 @@ pub fn cause(err: &(dyn std::error::Error + 'static)) -> String {
         next = e.source();
     }
     let named = io.and_then(|io| match io.kind() {
-        ErrorKind::ConnectionRefused => Some("connection refused"),
-        ErrorKind::ConnectionReset => Some("connection reset"),
-        ErrorKind::ConnectionAborted => Some("connection aborted"),
-        ErrorKind::TimedOut => Some("connect timed out"),
-        ErrorKind::HostUnreachable => Some("host unreachable"),
-        ErrorKind::NetworkUnreachable => Some("network unreachable"),
-        ErrorKind::AddrNotAvailable => Some("address not available"),
-        ErrorKind::UnexpectedEof => Some("connection closed early"),
+        ErrorKind::ConnectionRefused => Some((CauseKind::Refused, "connection refused")),
+        ErrorKind::ConnectionReset => Some((CauseKind::Reset, "connection reset")),
+        ErrorKind::ConnectionAborted => Some((CauseKind::Reset, "connection aborted")),
+        ErrorKind::TimedOut => Some((CauseKind::ConnectTimedOut, "connect timed out")),
+        ErrorKind::HostUnreachable => Some((CauseKind::Other, "host unreachable")),
+        ErrorKind::NetworkUnreachable => Some((CauseKind::Other, "network unreachable")),
+        ErrorKind::AddrNotAvailable => Some((CauseKind::Other, "address not available")),
+        ErrorKind::UnexpectedEof => Some((CauseKind::ClosedEarly, "connection closed early")),
         _ => None,
     });
-    match named {
-        Some(words) => words.to_string(),
+    let (kind, words) = match named {
+        Some((kind, words)) => (kind, words.to_string()),
         None => {
             let text = innermost.to_string();
             // `... (os error 111)`: the number says nothing to a reader.
@@ -254,12 +308,19 @@ pub fn cause(err: &(dyn std::error::Error + 'static)) -> String {
                 _ => text,
             };
             let mut chars = text.chars();
-            match chars.next() {
+            let words = match chars.next() {
                 Some(first) => first.to_lowercase().chain(chars).collect(),
                 None => text,
-            }
+            };
+            let kind = if words.contains("connection closed") {
+                CauseKind::ClosedEarly
+            } else {
+                CauseKind::Other
+            };
+            (kind, words)
         }
-    }
+    };
+    Cause { kind, words }
 }
 
 /// `base` (scheme, authority, optional path prefix) joined with `path`.
@@ -284,11 +345,12 @@ mod tests {
         #[error("tcp connect error")]
         struct Wrapper(#[source] std::io::Error);
         let refused = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(cause(&refused), "connection refused");
+        assert_eq!(cause(&refused).to_string(), "connection refused");
+        assert_eq!(cause(&refused).kind, CauseKind::Refused);
         let dns = Wrapper(std::io::Error::other(
             "Name or service not known (os error -2)",
         ));
-        assert_eq!(cause(&dns), "name or service not known");
+        assert_eq!(cause(&dns).to_string(), "name or service not known");
         let error = BackendError {
             id: "gpu-01".into(),
             url: "http://127.0.0.1:9".into(),

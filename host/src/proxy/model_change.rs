@@ -22,11 +22,11 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
+use crate::api::endpoint::Endpoint;
 use crate::api::json::Object;
-use crate::endpoint::Endpoint;
-use crate::fanout::Listings;
 use crate::fleet::{BackendState, ModelChange};
-use crate::stream::Framing;
+use crate::proxy::listing_cache::Listings;
+use crate::proxy::relay::Framing;
 use crate::upstream::Upstream;
 use crate::{BoxError, ResponseBody};
 

@@ -1,0 +1,659 @@
+//! The life of one request, phase by phase, in the order the phases run.
+//!
+//! [`handle`] is the whole story; each phase is one function below it, with
+//! what it may do and what it hands on (the way pingora's `ProxyHttp`
+//! documents its hooks):
+//!
+//! 1. [`classify`]: which endpoint of the table ([`crate::api::endpoint`]) the
+//!    method and path are, read as Ollama's router reads them.
+//! 2. [`read`]: the body, bounded in size and pace, and the view the policy
+//!    decides on ([`crate::api::intake`]).
+//! 3. [`decide`]: the plugin chain's decision, and the shadow chain's beside it
+//!    ([`crate::proxy::shadow`]). A listing leaves here for the fan-out
+//!    ([`crate::proxy::fanout`]).
+//! 4. [`admit`]: the backends the request may be sent to now, in order. A
+//!    pass-through today; slots and queues come with fleet admission.
+//! 5. [`forward`]: the request as the policy left it, sent to the first
+//!    candidate that can be reached; every attempt is kept ([`Attempts`]).
+//! 6. [`relay`]: the backend's answer passed through frame by frame.
+//! 7. [`finish`]: the outcome recorded once per request.
+//!
+//! Everything a request decides with is one [`Generation`], swapped whole on
+//! reload: a request holds the generation it started with until it ends.
+//! An error in any phase becomes the client's answer in its API's style.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::api::body;
+use crate::api::endpoint::{
+    classify as classify_path, ApiStyle, Classified, Endpoint, Handling, Rejection,
+};
+use crate::api::error::{error_response, model_not_found, text_response, GatewayError};
+use crate::api::intake::{self, body_error, Intake};
+use crate::fleet::{BackendState, Fleet, InFlight};
+use crate::plugin::{Facts, Header};
+use crate::policy::{Outcome, Plan};
+use crate::proxy::body_pace::{paced, BodyDeadline, BodyTimeout};
+use crate::proxy::generation::Generation;
+use crate::proxy::model_change;
+use crate::proxy::relay::{Framing, Relay};
+use crate::proxy::shadow::ShadowInput;
+use crate::proxy::state::Gateway;
+use crate::upstream::{Attempts, BackendError, Failure};
+use crate::{RequestBody, ResponseBody};
+
+/// The response header that explains a decision (with `explain = true`).
+pub const DECISION_HEADER: &str = "x-llamagate-decision";
+
+/// Serves one request: the phases in order.
+pub async fn handle(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<ResponseBody> {
+    let mut record = Record::start(request.method());
+    let response = match serve(gateway, request, client, &mut record).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(record.style),
+    };
+    finish(record, response)
+}
+
+async fn serve(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    client: SocketAddr,
+    record: &mut Record,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let classified = match classify(&request) {
+        Ok(classified) => classified,
+        Err(rejection) => return Ok(rejected(rejection)),
+    };
+    record.endpoint = Some(classified.endpoint);
+    record.style = classified.style;
+    if classified.handling == Handling::Local {
+        return Ok(local(request.method()));
+    }
+    let generation = gateway.current();
+    let (read, upload) = read(gateway, &generation, request, client, classified).await?;
+    record.model_asked = read.intake.view.model.clone();
+    let (outcome, trace) = decide(gateway, &generation, &read).await?;
+    let plan = match outcome {
+        Outcome::Respond { plugin, reply, .. } => {
+            tracing::info!(plugin, status = reply.status, path = %read.classified.path, "policy answered");
+            return Ok(explained(
+                answered(read.classified.style, reply),
+                trace,
+                None,
+            ));
+        }
+        Outcome::Forward(plan) => plan,
+    };
+    if read.classified.handling == Handling::FanOut {
+        let head = read.method == Method::HEAD;
+        let view = read.listing_view.as_ref().unwrap_or(&plan.request);
+        let response = crate::proxy::fanout::serve(gateway, &generation, view, head).await?;
+        return Ok(explained(response, trace, None));
+    }
+    record.model_served = plan.request.model.clone();
+    let candidates = admit(&generation.fleet, &plan, read.classified.endpoint)?;
+    let outgoing = Outgoing::of(read, upload, &plan, client)?;
+    let change = model_change::change_of(
+        outgoing.endpoint,
+        plan.request.model.as_deref(),
+        outgoing.body.as_deref(),
+    );
+    let (response, backend, in_flight) =
+        forward(gateway, candidates, outgoing, &mut record.attempts).await?;
+    record.backend = Some(backend.id.clone());
+    let response = relay(response, &backend, in_flight);
+    // A pull, create, copy or delete that succeeds is known at once.
+    let response = match change {
+        Some(change) => model_change::Learned {
+            backend: backend.clone(),
+            change,
+            listings: generation.listings.clone(),
+            upstream: gateway.upstream.clone(),
+            probe_timeout: generation
+                .settings
+                .probe_interval
+                .min(Duration::from_secs(5)),
+        }
+        .once_succeeded(response),
+        None => response,
+    };
+    Ok(explained(response, trace, Some(&backend.id)))
+}
+
+// ---------------------------------------------------------------------------
+// 1. classify
+
+/// Phase 1: the endpoint, from the method and the path as Ollama's router reads
+/// them (percent-decoded, no cleaning). A path Ollama's router would refuse or
+/// redirect is answered here, as it would answer it; nothing is forwarded.
+pub fn classify(request: &Request<Incoming>) -> Result<Classified, Rejection> {
+    let uri = request.uri();
+    classify_path(request.method(), uri.path(), uri.query())
+}
+
+/// `GET /` and `HEAD /`: Ollama's own answer, from llamagate.
+fn local(method: &Method) -> Response<ResponseBody> {
+    let body = if method == Method::HEAD {
+        ""
+    } else {
+        "Ollama is running"
+    };
+    text_response(StatusCode::OK, body)
+}
+
+// ---------------------------------------------------------------------------
+// 2. read
+
+/// A request read and viewed, ready for the policy.
+pub struct Read {
+    /// Its classification.
+    pub classified: Classified,
+    /// Method.
+    pub method: Method,
+    /// The path and query as sent.
+    pub raw_path: String,
+    /// Headers as sent.
+    pub headers: HeaderMap,
+    /// The whole body (empty when it streams: a blob upload).
+    pub bytes: Bytes,
+    /// The view plugins decide on, and what is needed to apply their edits.
+    pub intake: Intake,
+    /// For listings: the view as the client sent it (on-request edits, a
+    /// stripped token say, must not hide it from `list-models`).
+    pub listing_view: Option<crate::plugin::Request>,
+}
+
+/// Phase 2: reads the body (refusing a declared size over `max_body_size`
+/// before any of it is read, and a body that falls behind `body_timeout`'s
+/// pace) and builds the policy view, reading each field as Ollama's
+/// `encoding/json` would. A blob upload is not read: its body is handed on
+/// as it arrives (the second half of the answer).
+pub async fn read(
+    gateway: &Gateway,
+    generation: &Generation,
+    request: Request<Incoming>,
+    client: SocketAddr,
+    classified: Classified,
+) -> Result<(Read, Option<RequestBody>), GatewayError> {
+    let (parts, incoming) = request.into_parts();
+    let settings = &generation.settings;
+    let streams = classified.handling == Handling::RouteStreaming;
+    // The accept loop gives every request its body deadline (`body_timeout`).
+    let deadline = parts.extensions.get::<BodyDeadline>();
+    let (bytes, upload) = if streams {
+        let upload: RequestBody = paced(incoming, deadline).boxed_unsync();
+        (Bytes::new(), Some(upload))
+    } else {
+        refuse_oversized(&parts.headers, settings.max_body_size)?;
+        let declared = declared_length(&parts.headers);
+        let bytes = read_body(incoming, settings.max_body_size, deadline, declared).await?;
+        (bytes, None)
+    };
+    let raw_path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if let Some(recorder) = &gateway.recorder {
+        recorder.record(&parts.method, &raw_path, &parts.headers, client, &bytes);
+    }
+    let intake = intake::prepare(intake::Incoming {
+        id: gateway.next_id(),
+        classified: &classified,
+        method: &parts.method,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        body: &bytes,
+        client: client.to_string(),
+        limits: settings.view_limits,
+    })?;
+    let listing_view = (classified.handling == Handling::FanOut).then(|| intake.view.clone());
+    let read = Read {
+        classified,
+        method: parts.method,
+        raw_path,
+        headers: parts.headers,
+        bytes,
+        intake,
+        listing_view,
+    };
+    Ok((read, upload))
+}
+
+// ---------------------------------------------------------------------------
+// 3. decide
+
+/// Phase 3: the live chain's decision (each plugin waits for a call slot,
+/// fairly across clients), plus the decision header's text when explaining.
+/// The shadow chain, if any, decides the same request off the request path.
+pub async fn decide(
+    gateway: &Gateway,
+    generation: &Generation,
+    read: &Read,
+) -> Result<(Outcome, Option<String>), GatewayError> {
+    let explain = generation.settings.explain;
+    let facts: Arc<dyn Facts> = generation.fleet.clone();
+    let outcome = generation
+        .chain
+        .decide(
+            read.intake.view.clone(),
+            read.intake.raw_options.clone(),
+            facts.clone(),
+            read.bytes.clone(),
+            explain,
+        )
+        .await?;
+    if let Some(shadow) = &generation.shadow {
+        let input = ShadowInput {
+            chain: shadow.clone(),
+            view: read.intake.view.clone(),
+            raw_options: read.intake.raw_options.clone(),
+            fleet: facts,
+            body: read.bytes.clone(),
+        };
+        gateway.shadow.compare(input, outcome.verdict());
+    }
+    let trace = explain.then(|| outcome.trace().join("; "));
+    Ok((outcome, trace))
+}
+
+/// A plugin's `respond`, in the API's error shape, with its headers.
+fn answered(style: ApiStyle, reply: crate::plugin::Reply) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut response = error_response(style, status, &reply.message);
+    for Header { name, value } in reply.headers {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().append(n, v);
+        }
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------
+// 4. admit
+
+/// Phase 4: the backends the request may go to, in the order to try them: the
+/// policy's choice, or every backend for a request that names no model. A
+/// model no backend serves is the API's "model not found". (Slots and queues
+/// per backend come here with fleet admission.)
+pub fn admit(
+    fleet: &Fleet,
+    plan: &Plan,
+    endpoint: Endpoint,
+) -> Result<Vec<Arc<BackendState>>, GatewayError> {
+    let ids: Vec<&str> = match &plan.backends {
+        Some(choice) => choice.backends.iter().map(String::as_str).collect(),
+        None if plan.request.model.is_none() => fleet.all().iter().map(|b| b.id.as_str()).collect(),
+        None => Vec::new(),
+    };
+    if ids.is_empty() {
+        return Err(match &plan.request.model {
+            Some(model) => model_not_found(endpoint, model),
+            None => GatewayError::NoBackend,
+        });
+    }
+    ids.into_iter()
+        .map(|id| {
+            fleet
+                .get(id)
+                .cloned()
+                .ok_or_else(|| GatewayError::PluginAnswer {
+                    plugin: plan
+                        .backends
+                        .as_ref()
+                        .map(|c| c.by.clone())
+                        .unwrap_or_default(),
+                    message: format!("chose backend {id:?}, which is not configured"),
+                })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// 5. forward
+
+/// The request as the backend gets it.
+pub struct Outgoing {
+    endpoint: Endpoint,
+    method: Method,
+    /// Path and query: the canonical encoding of the path as classified, so
+    /// the backend routes exactly what the policy judged.
+    path: String,
+    headers: HeaderMap,
+    /// The body with the policy's edits applied, or `None` for a streamed upload.
+    body: Option<Bytes>,
+    upload: Option<RequestBody>,
+}
+
+impl Outgoing {
+    /// Applies the plan to the request read: the body's fields (or a form's
+    /// model), the path of `/v1/models/{model}`, headers, `X-Forwarded-For`.
+    fn of(
+        read: Read,
+        upload: Option<RequestBody>,
+        plan: &Plan,
+        client: SocketAddr,
+    ) -> Result<Outgoing, GatewayError> {
+        let Read {
+            classified,
+            method,
+            raw_path,
+            mut headers,
+            bytes,
+            intake,
+            ..
+        } = read;
+        let body = if upload.is_some() {
+            None
+        } else if let Some(span) = intake.form_model {
+            // A form body: only the model's value can be rewritten.
+            match (&plan.request.model, plan.model_changed) {
+                (Some(model), true) => {
+                    let mut out = Vec::with_capacity(bytes.len() + model.len());
+                    out.extend_from_slice(&bytes[..span.start]);
+                    out.extend_from_slice(model.as_bytes());
+                    out.extend_from_slice(&bytes[span.end..]);
+                    Some(out.into())
+                }
+                _ => Some(bytes),
+            }
+        } else {
+            let edits = plan.body_edits(intake.model_field);
+            if edits.is_empty() {
+                Some(bytes)
+            } else {
+                Some(
+                    body::splice(&bytes, &edits)
+                        .map_err(|e| body_error(e, classified.style))?
+                        .into(),
+                )
+            }
+        };
+        let mut path = match (classified.endpoint, &plan.request.model) {
+            (Endpoint::OpenaiModel, Some(m)) if plan.model_changed => {
+                format!("/v1/models/{}", crate::api::path::encode(m.as_bytes()))
+            }
+            _ => classified.forward_path,
+        };
+        if let Some((_, query)) = raw_path.split_once('?') {
+            path.push('?');
+            path.push_str(query);
+        }
+        for name in &plan.remove_headers {
+            headers.remove(name);
+        }
+        for (name, value) in &plan.set_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+            headers.append("x-forwarded-for", v);
+        }
+        Ok(Outgoing {
+            endpoint: classified.endpoint,
+            method,
+            path,
+            headers,
+            body,
+            upload,
+        })
+    }
+}
+
+/// Phase 5: sends `outgoing` to the candidates in order, moving on only when
+/// one cannot be reached (and marking it unhealthy). Every failed attempt is
+/// kept in `attempts`; when none succeeds, the client's 502 lists them all.
+pub async fn forward(
+    gateway: &Gateway,
+    candidates: Vec<Arc<BackendState>>,
+    mut outgoing: Outgoing,
+    attempts: &mut Attempts,
+) -> Result<(Response<Incoming>, Arc<BackendState>, InFlight), GatewayError> {
+    for backend in candidates {
+        let body: RequestBody = match (&outgoing.body, outgoing.upload.take()) {
+            (Some(bytes), _) => full_request_body(bytes.clone()),
+            (None, Some(upload)) => upload,
+            // A streamed upload cannot be sent twice.
+            (None, None) => break,
+        };
+        // Counted in flight from now: a request waiting for a model to load
+        // keeps its backend busy.
+        let in_flight = backend.start_request();
+        let sent = gateway
+            .upstream
+            .send(
+                &*backend,
+                &outgoing.method,
+                &outgoing.path,
+                &outgoing.headers,
+                body,
+            )
+            .await;
+        match sent {
+            Ok(response) => {
+                backend.set_healthy(true);
+                tracing::debug!(backend = %backend.id, path = %outgoing.path, status = %response.status(), "forwarded");
+                return Ok((response, backend, in_flight));
+            }
+            Err(err) => {
+                let failure = Failure::of_client(&err);
+                let unreachable = matches!(failure, Failure::Unreachable(_));
+                attempts.0.push(BackendError::at(&*backend, failure));
+                if !unreachable {
+                    break;
+                }
+                backend.set_healthy(false);
+            }
+        }
+    }
+    Err(GatewayError::Upstream(attempts.clone()))
+}
+
+// ---------------------------------------------------------------------------
+// 6. relay
+
+/// Phase 6: the backend's response as the client's: hop-by-hop headers
+/// dropped, the body passed through frame by frame ([`Relay`]), counted as
+/// in flight on the backend until it ends.
+pub fn relay(
+    response: Response<Incoming>,
+    backend: &BackendState,
+    in_flight: InFlight,
+) -> Response<ResponseBody> {
+    let (mut parts, incoming) = response.into_parts();
+    let framing = Framing::of(&parts.headers);
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::TRAILER,
+        header::UPGRADE,
+        header::HeaderName::from_static("keep-alive"),
+    ] {
+        parts.headers.remove(name);
+    }
+    if framing != Framing::Opaque {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let body = Relay::new(incoming, framing, backend.id.clone(), in_flight);
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+// ---------------------------------------------------------------------------
+// 7. finish
+
+/// What happened to one request, filled in as the phases run.
+pub struct Record {
+    started: Instant,
+    method: Method,
+    /// The endpoint, once classified.
+    pub endpoint: Option<Endpoint>,
+    /// The error shape of the client's API.
+    pub style: ApiStyle,
+    /// The model the client asked for.
+    pub model_asked: Option<String>,
+    /// The model the backend was asked for, after the policy.
+    pub model_served: Option<String>,
+    /// The backend that answered.
+    pub backend: Option<String>,
+    /// Backends tried that failed, in order.
+    pub attempts: Attempts,
+}
+
+impl Record {
+    fn start(method: &Method) -> Record {
+        Record {
+            started: Instant::now(),
+            method: method.clone(),
+            endpoint: None,
+            style: ApiStyle::Ollama,
+            model_asked: None,
+            model_served: None,
+            backend: None,
+            attempts: Attempts::default(),
+        }
+    }
+}
+
+/// Phase 7: the outcome, recorded once per request when its response head is
+/// ready (the log line at `debug`; the place metrics and token counts hook in).
+pub fn finish(record: Record, response: Response<ResponseBody>) -> Response<ResponseBody> {
+    tracing::debug!(
+        method = %record.method,
+        endpoint = ?record.endpoint,
+        model = record.model_asked.as_deref().unwrap_or(""),
+        served = record.model_served.as_deref().unwrap_or(""),
+        backend = record.backend.as_deref().unwrap_or(""),
+        failed_attempts = record.attempts.0.len(),
+        status = response.status().as_u16(),
+        micros = record.started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+// ---------------------------------------------------------------------------
+// helpers
+
+/// The router's answer to a request it cannot route, as Ollama's gives it.
+fn rejected(rejection: Rejection) -> Response<ResponseBody> {
+    match rejection {
+        Rejection::MethodNotAllowed => {
+            text_response(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed")
+        }
+        Rejection::BadPath => text_response(StatusCode::BAD_REQUEST, "400 Bad Request"),
+        Rejection::Redirect { status, location } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+            let mut response = text_response(status, "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            response
+        }
+    }
+}
+
+/// Refuses a declared `Content-Length` over `limit` before any of the body is
+/// read, so `Expect: 100-continue` gets 413 instead of `100 Continue`.
+fn refuse_oversized(headers: &HeaderMap, limit: usize) -> Result<(), GatewayError> {
+    match declared_length(headers) {
+        Some(len) if len > limit as u64 => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+/// The body length the client declared (`Content-Length`), if any.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+fn too_large(limit: usize) -> GatewayError {
+    GatewayError::client(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than llamagate's limit of {limit} bytes (max_body_size)"),
+    )
+}
+
+/// Reads a whole body, refusing more than `limit` bytes, and cutting it with a
+/// 408 when it falls behind `deadline`'s pace.
+async fn read_body(
+    incoming: Incoming,
+    limit: usize,
+    deadline: Option<&BodyDeadline>,
+    declared: Option<u64>,
+) -> Result<Bytes, GatewayError> {
+    let failed = |e: crate::BoxError| {
+        if e.is::<BodyTimeout>() {
+            GatewayError::client(StatusCode::REQUEST_TIMEOUT, e.to_string())
+        } else {
+            GatewayError::client(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
+        }
+    };
+    let mut body = paced(incoming, deadline);
+    // One buffer of the declared size: a body costs its own size once, not a
+    // list of frames plus a copy.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(failed)?.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            return Err(too_large(limit));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// Adds the decision header when explaining: each plugin's part, then the backend.
+fn explained(
+    mut response: Response<ResponseBody>,
+    trace: Option<String>,
+    backend: Option<&str>,
+) -> Response<ResponseBody> {
+    let Some(mut text) = trace else {
+        return response;
+    };
+    if let Some(backend) = backend {
+        text.push_str(&format!("; served by {backend}"));
+    }
+    let printable: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if let Ok(value) = HeaderValue::from_str(&printable) {
+        response.headers_mut().insert(DECISION_HEADER, value);
+    }
+    response
+}
+
+fn full_request_body(bytes: Bytes) -> RequestBody {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
