@@ -72,12 +72,6 @@ fn colon(attempts: &Attempts) -> String {
     }
 }
 
-impl From<crate::plugin::CallLost> for GatewayError {
-    fn from(err: crate::plugin::CallLost) -> Self {
-        GatewayError::Internal(err.to_string())
-    }
-}
-
 impl GatewayError {
     /// A client error with a status.
     pub fn client(status: StatusCode, message: impl Into<String>) -> Self {

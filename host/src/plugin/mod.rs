@@ -14,8 +14,17 @@
 //! - A trap (including the deadline and the memory cap) poisons the store: that
 //!   instance is dropped, never called again, and the call fails with a
 //!   [`PluginError`] naming the plugin. The next call gets a fresh instance.
-//! - Plugins get an empty WASI context: no files, network, environment or clock
-//!   beyond what WASI p2 always links; their stdout and stderr go nowhere.
+//! - Plugins get an empty WASI context: no files, network or environment
+//!   beyond what WASI p2 always links. Their stdout and stderr are lines in
+//!   llamagate's log ([`stdio`]).
+//! - Calls run on the thread that makes them: on the request path, inline on
+//!   an async worker, with no hop to another thread. Nothing a plugin can do
+//!   makes that thread wait: WASI's blocking I/O is linked in versions that
+//!   complete at once or trap ([`nonblocking`]), CPU time is capped by
+//!   `time_limit`, and a host function that panics anyway costs only that
+//!   call (the instance is dropped). Starting an instance (instantiation and
+//!   `init`, slow for interpreted plugins) is the one thing done off the
+//!   workers ([`Plugin::warm`]).
 //!
 //! Time limits count the CPU time the call itself used, not wall-clock time, so
 //! a well-behaved plugin does not time out because other requests (or other
@@ -44,12 +53,13 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-mod executor;
+mod nonblocking;
 mod slots;
+pub mod stdio;
 
-pub use executor::{off_thread, CallLost};
 use slots::FairQueue;
 pub use slots::Slot;
+use stdio::{Channel, GuestOutput};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -274,6 +284,21 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI")?;
+        // The blocking parts of wasi:io, replaced by versions that never wait.
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::sync::io::poll::add_to_linker::<State, nonblocking::NonBlocking>(
+            &mut linker,
+            |s| nonblocking::NonBlockingIo(&mut s.table),
+        )
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:io/poll")?;
+        wasmtime_wasi::p2::bindings::sync::io::streams::add_to_linker::<
+            State,
+            nonblocking::NonBlocking,
+        >(&mut linker, |s| nonblocking::NonBlockingIo(&mut s.table))
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:io/streams")?;
+        linker.allow_shadowing(false);
         PolicyPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("linking the llamagate host interface")?;
@@ -326,6 +351,8 @@ impl Runtime {
                 config: config_json,
                 slots: FairQueue::new(limits.concurrency),
                 limits,
+                stdout: GuestOutput::new(Arc::from(name), Channel::Stdout),
+                stderr: GuestOutput::new(Arc::from(name), Channel::Stderr),
                 idle: Mutex::new(Vec::new()),
             }),
         };
@@ -472,6 +499,8 @@ struct PluginInner {
     limits: Limits,
     slots: Arc<FairQueue>,
     idle: Mutex<Vec<Instance>>,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
 }
 
 struct Instance {
@@ -483,6 +512,23 @@ impl Plugin {
     /// The plugin's configured name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Whether a call now finds an instance ready (else it starts one first).
+    pub fn has_idle(&self) -> bool {
+        !self.inner.idle.lock().unwrap().is_empty()
+    }
+
+    /// Starts one more instance and keeps it idle (up to `concurrency`), so
+    /// that the next call need not: instantiation and `init` may take long,
+    /// so callers on an async worker run this off it.
+    pub fn warm(&self) -> Result<(), PluginError> {
+        let instance = self.inner.start()?;
+        let mut idle = self.inner.idle.lock().unwrap();
+        if idle.len() < self.inner.limits.concurrency {
+            idle.push(instance);
+        }
+        Ok(())
     }
 
     /// Waits (asynchronously, least-used `client` key first) for one of the
@@ -556,7 +602,18 @@ impl PluginInner {
         instance.store.data_mut().body = body.clone();
         instance.store.data_mut().body_handed = false;
         State::arm(&mut instance.store, self.limits.time);
-        match f(&mut instance.store, &instance.bindings) {
+        // A host function that panics (one llamagate did not make safe for an
+        // async worker) fails this call only; the instance is dropped.
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(&mut instance.store, &instance.bindings)
+        }));
+        let Ok(called) = called else {
+            return Err(PluginError::Trap {
+                plugin: self.name.clone(),
+                message: "a host function the plugin called failed".into(),
+            });
+        };
+        match called {
             Ok(result) => {
                 instance.store.data_mut().body = Bytes::new();
                 let mut idle = self.idle.lock().unwrap();
@@ -612,7 +669,10 @@ impl PluginInner {
     /// Makes a fresh instance and runs `init` with the config.
     fn start(&self) -> Result<Instance, PluginError> {
         let state = State {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder()
+                .stdout(self.stdout.clone())
+                .stderr(self.stderr.clone())
+                .build(),
             table: ResourceTable::new(),
             memory_cap: self.limits.memory,
             hit_memory_cap: false,

@@ -7,9 +7,10 @@
 //! (`on_failure = "closed"`, the default) or is skipped (`"open"`).
 //!
 //! On the request path ([`Chain::decide`]) each link first waits for one of its
-//! plugin's call slots (fairly across clients: [`Plugin::admit`]), then runs the
-//! one synchronous plugin call on a plugin thread ([`crate::plugin::off_thread`]); the slot
-//! is held until that call returns. Offline replay uses [`Chain::decide_blocking`].
+//! plugin's call slots (fairly across clients: [`Plugin::admit`]), then makes
+//! the one synchronous plugin call inline, on the async worker the request
+//! runs on (no thread hop); the slot is held until that call returns. Offline
+//! replay uses [`Chain::decide_blocking`].
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -343,9 +344,9 @@ impl Chain {
         self.links.iter().map(|l| l.plugin.name()).collect()
     }
 
-    /// Runs every plugin's `on-request`, each call off the async workers once
-    /// a call slot of that plugin is free. With `trace`, the outcome says what
-    /// each plugin did.
+    /// Runs every plugin's `on-request` once a call slot of that plugin is
+    /// free, inline on the calling (async worker) thread. With `trace`, the
+    /// outcome says what each plugin did.
     pub async fn decide(
         &self,
         request: Request,
@@ -358,17 +359,14 @@ impl Chain {
         let mut plan = Plan::new(request, raw_options);
         for link in &self.links {
             let result = match link.plugin.admit(&client).await {
-                Ok(slot) => {
-                    let (plugin, facts, body) = (link.plugin.clone(), facts.clone(), body.clone());
-                    let (back, result) = crate::plugin::off_thread(move || {
-                        let result = plugin.on_request(&plan.request, &facts, &body);
+                Ok(slot) => match ready(&link.plugin).await {
+                    Ok(()) => {
+                        let result = link.plugin.on_request(&plan.request, &facts, &body);
                         drop(slot);
-                        (plan, result)
-                    })
-                    .await?;
-                    plan = back;
-                    result
-                }
+                        result
+                    }
+                    Err(err) => Err(err),
+                },
                 Err(busy) => Err(busy),
             };
             plan = match step(link, plan, result, trace)? {
@@ -377,6 +375,20 @@ impl Chain {
             };
         }
         Ok(Outcome::Forward(Box::new(plan)))
+    }
+
+    /// Makes sure every plugin has an instance ready, starting those that are
+    /// missing off the async workers, so that the calls that follow
+    /// ([`Chain::list`]) run inline without starting one.
+    pub async fn ready(&self) -> Result<(), GatewayError> {
+        for link in &self.links {
+            match ready(&link.plugin).await {
+                Ok(()) => {}
+                Err(err) if link.on_failure == OnFailure::Open => log_skipped(&err),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(())
     }
 
     /// [`Chain::decide`] on the calling thread, without call slots: for offline
@@ -415,6 +427,24 @@ impl Chain {
         }
         Ok(models)
     }
+}
+
+/// Starts an instance of `plugin` off the async workers when none is idle
+/// (instantiation and `init` can take long; a call itself never waits).
+async fn ready(plugin: &Plugin) -> Result<(), PluginError> {
+    if plugin.has_idle() {
+        return Ok(());
+    }
+    let name = plugin.name().to_string();
+    let plugin = plugin.clone();
+    tokio::task::spawn_blocking(move || plugin.warm())
+        .await
+        .unwrap_or_else(|_| {
+            Err(PluginError::Start {
+                plugin: name,
+                message: "starting an instance failed in the host".into(),
+            })
+        })
 }
 
 /// Folds one plugin's answer into the plan: go on with the next plugin, or

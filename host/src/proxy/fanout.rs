@@ -77,10 +77,8 @@ pub async fn serve(
             backends: m.backends.clone(),
         })
         .collect();
-    let shown = {
-        let (chain, request) = (generation.chain.clone(), request.clone());
-        crate::plugin::off_thread(move || chain.list(&request, listed)).await??
-    };
+    generation.chain.ready().await?;
+    let shown = generation.chain.list(request, listed)?;
     let items: Vec<Value> = shown
         .iter()
         .filter_map(|entry| {

@@ -248,7 +248,10 @@ mod tests {
         };
         let burst = (0..5).map(|_| cache.get(Listing::Version, failing));
         for answer in futures_util::future::join_all(burst).await {
-            assert_eq!(answer.unwrap_err().to_string(), "no backend answered /api/tags");
+            assert_eq!(
+                answer.unwrap_err().to_string(),
+                "no backend answered /api/tags"
+            );
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(cache.get(Listing::Version, failing).await.is_err());

@@ -62,6 +62,49 @@ async fn trap_loop_and_memory_hog_each_cost_one_request() {
 }
 
 #[tokio::test]
+async fn a_plugin_that_waits_fails_its_request_at_once_and_stalls_nothing() {
+    let (_a, mut proxy) = hostile_fleet("").await;
+    // Calls run inline on the async workers: a plugin that sleeps must not
+    // hold one for the 2 s it asks for, nor panic the worker.
+    let started = std::time::Instant::now();
+    let sleepers = (0..8).map(|_| chat(&proxy, "sleep"));
+    for r in futures_util::future::join_all(sleepers).await {
+        assert_eq!(r.status, 500, "{}", r.text());
+        let message = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            message.starts_with("llamagate policy error: plugin \"hostile\" trapped")
+                && message.contains("may not wait"),
+            "{message}"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "a sleeping plugin held its request for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(chat(&proxy, "none").await.status, 200);
+    assert!(proxy.alive());
+    assert!(!proxy.logs().contains("panicked at"), "{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn a_plugins_stdout_and_stderr_reach_the_log() {
+    let (_a, proxy) = hostile_fleet("").await;
+    let r = chat(&proxy, "print").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("stdout: hostile says hello on stdout")
+            && logs.contains("plugin=\"hostile\""),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("stderr: hostile says hello on stderr"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
 async fn a_trap_is_one_line_for_the_client_and_a_few_for_the_log() {
     let (_a, proxy) = hostile_fleet("").await;
     let n = 30;
@@ -87,12 +130,20 @@ async fn a_trap_is_one_line_for_the_client_and_a_few_for_the_log() {
         "{n} traps must not log {n} lines, got {lines}:\n{logs}"
     );
     assert!(
-        !logs.contains("backtrace"),
+        !logs.contains("wasm backtrace"),
         "no backtrace at info level:\n{logs}"
     );
+    // The guest's panic message reaches the log, a bounded number of times
+    // (20 lines per plugin and stream every 10 s; a panic is 3 lines).
     assert!(
-        !logs.contains("asked to trap"),
-        "guest stderr goes nowhere:\n{logs}"
+        logs.contains("stderr: hostile plugin asked to trap"),
+        "guest stderr reaches the log:\n{logs}"
+    );
+    let stderr = logs.lines().filter(|l| l.contains("stderr: ")).count();
+    assert!(
+        (3..=20).contains(&stderr),
+        "{n} panics must not log {} lines, got {stderr}:\n{logs}",
+        3 * 2 * n
     );
 }
 
