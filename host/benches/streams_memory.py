@@ -473,6 +473,7 @@ def main():
         os._exit(3)
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(int(args.timeout) + 30)
 

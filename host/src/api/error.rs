@@ -89,6 +89,13 @@ impl GatewayError {
             GatewayError::Plugin(_)
             | GatewayError::PluginAnswer { .. }
             | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // llamagate's own shortage (no descriptor left): retry later.
+            GatewayError::Upstream(attempts)
+                if !attempts.0.is_empty()
+                    && attempts.0.iter().all(|a| !a.failure.blames_backend()) =>
+            {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Upstream(_) | GatewayError::NoBackend | GatewayError::Unanswered(_) => {
                 StatusCode::BAD_GATEWAY
             }

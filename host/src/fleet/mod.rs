@@ -11,6 +11,7 @@
 //! userinfo, and the credentials go to that backend only, as its
 //! `Authorization: Basic` header ([`BackendState::authorization`]).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -57,7 +58,21 @@ pub enum ModelChange {
 #[derive(Default, Clone)]
 struct Seen {
     models: Vec<String>,
+    /// [`names::key`] of every model, to answer "does it serve X" without
+    /// normalising every name on every request.
+    keys: HashSet<String>,
     loaded: Vec<LoadedModel>,
+}
+
+impl Seen {
+    fn new(models: Vec<String>, loaded: Vec<LoadedModel>) -> Seen {
+        let keys = models.iter().map(|m| names::key(m)).collect();
+        Seen {
+            models,
+            keys,
+            loaded,
+        }
+    }
 }
 
 impl BackendState {
@@ -98,13 +113,15 @@ impl BackendState {
         let mut seen = self.seen.write().unwrap();
         match change {
             ModelChange::Added(model) => {
-                if !seen.models.iter().any(|m| names::same(m, model)) {
+                if seen.keys.insert(names::key(model)) {
                     seen.models.insert(0, names::display(model));
                 }
             }
             ModelChange::Removed(model) => {
-                seen.models.retain(|m| !names::same(m, model));
-                seen.loaded.retain(|l| !names::same(&l.name, model));
+                let key = names::key(model);
+                seen.keys.remove(&key);
+                seen.models.retain(|m| names::key(m) != key);
+                seen.loaded.retain(|l| names::key(&l.name) != key);
             }
         }
         self.learned.fetch_add(1, Ordering::Relaxed);
@@ -247,12 +264,10 @@ impl Fleet {
 
     /// Snapshots of the backends that serve `model` (by Ollama's name rules).
     pub fn serving(&self, model: &str) -> Vec<Backend> {
+        let key = names::key(model);
         self.backends
             .iter()
-            .filter(|b| {
-                let seen = b.seen.read().unwrap();
-                seen.models.iter().any(|m| names::same(m, model))
-            })
+            .filter(|b| b.seen.read().unwrap().keys.contains(&key))
             .map(|b| b.view())
             .collect()
     }
@@ -328,7 +343,7 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
             // A change learned while this probe was under way is newer than
             // its answer; the probe that change started brings the truth.
             if backend.learned.load(Ordering::Relaxed) == learned {
-                *seen = Seen { models, loaded };
+                *seen = Seen::new(models, loaded);
             }
             drop(seen);
             backend.set_healthy(true);
@@ -341,7 +356,9 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
             } else {
                 tracing::debug!(backend = %backend.id, "probe failed: {e}");
             }
-            backend.set_healthy(false);
+            if e.failure.blames_backend() {
+                backend.set_healthy(false);
+            }
         }
     }
 }

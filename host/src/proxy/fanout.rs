@@ -160,7 +160,11 @@ async fn ask_all(
             let upstream = gateway.upstream.clone();
             async move {
                 let result = upstream.get_json::<Value>(&**backend, path, timeout).await;
-                backend.set_healthy(result.is_ok());
+                match &result {
+                    Ok(_) => backend.set_healthy(true),
+                    Err(e) if e.failure.blames_backend() => backend.set_healthy(false),
+                    Err(_) => {}
+                }
                 (backend.id.clone(), result)
             }
         });

@@ -451,6 +451,8 @@ pub async fn forward(
             }
             Err(err) => {
                 let failure = Failure::of_client(&err);
+                // Only an unreachable backend is passed over: once connected,
+                // the backend may have acted on the request.
                 let unreachable = matches!(failure, Failure::Unreachable(_));
                 attempts.0.push(BackendError::at(&*backend, failure));
                 if !unreachable {

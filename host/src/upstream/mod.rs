@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::RequestBody;
 
@@ -41,6 +41,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::HOST,
 ];
 
+/// Idle connections kept per backend: enough for the bursts a GPU server can
+/// take; beyond it a connection is closed once its request ends.
+pub const MAX_IDLE_PER_BACKEND: usize = 256;
+
 /// A pooled client shared by all requests (one connection pool per backend URL).
 #[derive(Clone)]
 pub struct Upstream {
@@ -53,8 +57,13 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
+        // Without a pool timer hyper-util never runs the idle sweep, so every
+        // connection a burst opened would stay open (and hold its buffers)
+        // until reused.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(MAX_IDLE_PER_BACKEND)
+            .pool_timer(TokioTimer::new())
             .build(connector);
         Upstream { client }
     }
@@ -212,6 +221,10 @@ pub enum Failure {
     /// timeout): the next replica may be tried.
     #[error("is unreachable: {0}")]
     Unreachable(Cause),
+    /// llamagate itself could not make the attempt (it has no file
+    /// descriptor left): nothing is known of the backend.
+    #[error("could not be tried: {0}")]
+    Local(Cause),
     /// Connected, then the exchange broke (reset, closed early).
     #[error("failed: {0}")]
     Broken(Cause),
@@ -239,11 +252,20 @@ pub enum Failure {
 impl Failure {
     /// A failed [`Upstream::send`]: unreachable when no connection was made.
     pub fn of_client(err: &hyper_util::client::legacy::Error) -> Failure {
-        if err.is_connect() {
-            Failure::Unreachable(cause(err))
+        let cause = cause(err);
+        if cause.kind == CauseKind::OutOfDescriptors {
+            Failure::Local(cause)
+        } else if err.is_connect() {
+            Failure::Unreachable(cause)
         } else {
-            Failure::Broken(cause(err))
+            Failure::Broken(cause)
         }
+    }
+
+    /// Whether the failure says something about the backend's health (a
+    /// failure on llamagate's own side does not).
+    pub fn blames_backend(&self) -> bool {
+        !matches!(self, Failure::Local(_))
     }
 }
 
@@ -268,6 +290,8 @@ pub enum CauseKind {
     Reset,
     /// The backend closed the connection before its answer was complete.
     ClosedEarly,
+    /// llamagate has no file descriptor left (`EMFILE`, `ENFILE`).
+    OutOfDescriptors,
     /// Anything else (unknown host, no route, a protocol error).
     Other,
 }
@@ -286,6 +310,17 @@ pub fn cause(err: &(dyn std::error::Error + 'static)) -> Cause {
             io = Some(found);
         }
         next = e.source();
+    }
+    if io
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|n| n == 23 || n == 24)
+    {
+        return Cause {
+            kind: CauseKind::OutOfDescriptors,
+            words: "llamagate has no file descriptor left (raise its RLIMIT_NOFILE, \
+                    or lower max_connections)"
+                .into(),
+        };
     }
     let named = io.and_then(|io| match io.kind() {
         ErrorKind::ConnectionRefused => Some((CauseKind::Refused, "connection refused")),
@@ -360,6 +395,9 @@ mod tests {
             error.to_string(),
             "backend \"gpu-01\" (http://127.0.0.1:9) is unreachable: connection refused"
         );
+        let emfile = Wrapper(std::io::Error::from_raw_os_error(24));
+        assert_eq!(cause(&emfile).kind, CauseKind::OutOfDescriptors);
+        assert!(!Failure::Local(cause(&emfile)).blames_backend());
         let status = Failure::Status {
             status: http::StatusCode::NOT_FOUND,
             path: "/api/tags".into(),
