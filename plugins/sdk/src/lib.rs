@@ -5,7 +5,7 @@
 //!   SHA-256 digests (`"sha256:<hex>"` in the config) and looked up in constant time.
 //! - With the `guest` feature (on by default): the types of the `llamagate:policy`
 //!   WIT world with helpers, the [`Policy`] trait a plugin implements, and the
-//!   [`export!`] macro it calls once. See `wit/policy.wit` for each item's meaning.
+//!   [`export!`] macro it calls once. See `wit/v0.1.0/policy.wit` for each item's meaning.
 //!
 //! A plugin's logic can be unit-tested natively with `cargo test`: the types are
 //! plain Rust, [`testing`] builds requests and backends, and the host imports
@@ -38,9 +38,9 @@ pub mod keys;
 #[cfg(feature = "guest")]
 #[allow(missing_docs, unsafe_code, clippy::all)]
 pub mod bindings {
-    //! Generated from `wit/policy.wit`. See that file for the documentation of each item.
+    //! Generated from `wit/v0.1.0/policy.wit`. See that file for the documentation of each item.
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "../../wit/v0.1.0",
         world: "policy-plugin",
         pub_export_macro: true,
         export_macro_name: "export",
