@@ -8,10 +8,10 @@
 //! they can do.
 //!
 //! Within a group, healthy backends come first, then the order of the list
-//! (llamagate moves down it only when it cannot connect). A backend that reports
-//! its models is used only for models it serves; one that reports none yet
-//! (not probed) is not excluded. When no backend of the group serves the model,
-//! the choice of the plugins before this one stands. Only requests that run a
+//! (llamagate moves down it only when it cannot connect). A backend is used only
+//! for the models it serves (the host's `backends-for`), so one that has not
+//! answered a probe yet is left out until it has. When no backend of the group
+//! serves the model, the choice of the plugins before this one stands. Only requests that run a
 //! model (generate, chat, embeddings, native or `/v1`) are placed; the `/v1`
 //! endpoints carry no `options`, so they count as small.
 //!
@@ -21,7 +21,7 @@
 
 use std::sync::OnceLock;
 
-use llamagate_sdk::{Backend, Decision, Edits, ListedModel, Policy, Request};
+use llamagate_sdk::{backends_for, Backend, Decision, Edits, ListedModel, Policy, Request};
 use serde::Deserialize;
 
 /// The plugin's configuration.
@@ -61,16 +61,17 @@ impl Config {
 }
 
 /// The backends to try, best first; `None` leaves the choice to earlier plugins.
-pub fn route(config: &Config, req: &Request, backends: &[Backend]) -> Option<Vec<String>> {
+/// Asks the host which backends serve the model, once, for the requests it places.
+pub fn route(config: &Config, req: &Request) -> Option<Vec<String>> {
     let model = req.model.as_deref().filter(|_| req.is_inference())?;
     let large = req
         .option_i64("num_ctx")
         .is_some_and(|n| n > config.threshold);
     let group = if large { &config.big } else { &config.small };
+    let serving = backends_for(model);
     let mut chosen: Vec<&Backend> = group
         .iter()
-        .filter_map(|id| backends.iter().find(|b| &b.id == id))
-        .filter(|b| b.models.is_empty() || b.serves(model))
+        .filter_map(|id| serving.iter().find(|b| &b.id == id))
         // Stay within what earlier plugins (the default policy's map) allow.
         .filter(|b| req.route.as_ref().is_none_or(|r| r.contains(&b.id)))
         .collect();
@@ -91,9 +92,9 @@ impl Policy for CtxPlacement {
         Ok(())
     }
 
-    fn on_request(req: Request, backends: Vec<Backend>) -> Decision {
+    fn on_request(req: Request) -> Decision {
         let config = CONFIG.get().expect("llamagate calls init first");
-        match route(config, &req, &backends) {
+        match route(config, &req) {
             Some(ids) => Decision::forward(Edits::none().route_to(ids)),
             None => Decision::pass(),
         }
@@ -109,14 +110,14 @@ llamagate_sdk::export!(CtxPlacement);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llamagate_sdk::testing::{backend, request};
+    use llamagate_sdk::testing::{backend, request, set_fleet, TestBackend};
     use llamagate_sdk::{Endpoint, JsonValue};
 
     fn config() -> Config {
         Config::parse(r#"{"threshold":16384,"big":["big-1","big-2"],"small":["small"]}"#).unwrap()
     }
 
-    fn fleet() -> Vec<Backend> {
+    fn fleet() -> Vec<TestBackend> {
         vec![
             backend("big-1", &["llama3.2", "qwen2.5:14b"]),
             backend("big-2", &["llama3.2"]),
@@ -131,45 +132,59 @@ mod tests {
 
     #[test]
     fn placed_by_num_ctx() {
-        let (c, f) = (config(), fleet());
+        let c = config();
+        set_fleet(fleet());
         assert_eq!(
-            route(&c, &generate("llama3.2", 32768), &f).unwrap(),
+            route(&c, &generate("llama3.2", 32768)).unwrap(),
             ["big-1", "big-2"]
         );
-        assert_eq!(
-            route(&c, &generate("llama3.2", 16384), &f).unwrap(),
-            ["small"]
-        );
+        assert_eq!(route(&c, &generate("llama3.2", 16384)).unwrap(), ["small"]);
         let plain = request(Endpoint::OpenaiChat, "llama3.2");
-        assert_eq!(route(&c, &plain, &f).unwrap(), ["small"]);
+        assert_eq!(route(&c, &plain).unwrap(), ["small"]);
     }
 
     #[test]
     fn only_backends_that_serve_the_model_healthy_first() {
         let c = config();
-        let mut f = fleet();
+        set_fleet(fleet());
         assert_eq!(
-            route(&c, &generate("qwen2.5:14b", 32768), &f).unwrap(),
+            route(&c, &generate("qwen2.5:14b", 32768)).unwrap(),
             ["big-1"]
         );
         assert_eq!(
-            route(&c, &generate("qwen2.5:14b", 2048), &f),
+            route(&c, &generate("qwen2.5:14b", 2048)),
             None,
             "no small one serves it"
         );
+        let mut f = fleet();
         f[0].healthy = false;
-        f[1].models.clear(); // not probed yet: not excluded
+        set_fleet(f.clone());
         assert_eq!(
-            route(&c, &generate("llama3.2", 32768), &f).unwrap(),
+            route(&c, &generate("llama3.2", 32768)).unwrap(),
             ["big-2", "big-1"]
         );
+        f[1].models.clear(); // not probed yet: left out until it reports the model
+        set_fleet(f);
+        assert_eq!(route(&c, &generate("llama3.2", 32768)).unwrap(), ["big-1"]);
+    }
+
+    #[test]
+    fn stays_within_the_route_of_earlier_plugins() {
+        let c = config();
+        set_fleet(fleet());
+        let mut req = generate("llama3.2", 32768);
+        req.route = Some(vec!["big-2".into(), "small".into()]);
+        assert_eq!(route(&c, &req).unwrap(), ["big-2"]);
+        req.route = Some(vec!["small".into()]);
+        assert_eq!(route(&c, &req), None);
     }
 
     #[test]
     fn other_endpoints_pass() {
-        let (c, f) = (config(), fleet());
-        assert_eq!(route(&c, &request(Endpoint::Pull, "llama3.2"), &f), None);
-        assert_eq!(route(&c, &request(Endpoint::Ps, ""), &f), None);
+        let c = config();
+        set_fleet(fleet());
+        assert_eq!(route(&c, &request(Endpoint::Pull, "llama3.2")), None);
+        assert_eq!(route(&c, &request(Endpoint::Ps, "")), None);
     }
 
     #[test]

@@ -44,18 +44,20 @@ impl Config {
 }
 
 /// The backends to try, best first; `None` leaves the choice to earlier plugins.
-pub fn route(config: &Config, req: &Request, backends: &[Backend]) -> Option<Vec<String>> {
+/// Asks the host for the candidates (one `backends-for` call, usually) only
+/// for the requests it places.
+pub fn route(config: &Config, req: &Request) -> Option<Vec<String>> {
     let model = req.model.as_deref().filter(|_| req.is_inference())?;
     if !config.places(model) {
         return None;
     }
-    let mut replicas: Vec<&Backend> = req.candidates(backends);
+    let mut replicas: Vec<Backend> = req.candidates();
     if replicas.is_empty() {
         return None;
     }
     // A stable sort: equally busy backends keep llamagate's order.
     replicas.sort_by_key(|b| (!b.healthy, b.in_flight));
-    Some(replicas.into_iter().map(|b| b.id.clone()).collect())
+    Some(replicas.into_iter().map(|b| b.id).collect())
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -69,9 +71,9 @@ impl Policy for LeastBusy {
         Ok(())
     }
 
-    fn on_request(req: Request, backends: Vec<Backend>) -> Decision {
+    fn on_request(req: Request) -> Decision {
         let config = CONFIG.get().expect("llamagate calls init first");
-        match route(config, &req, &backends) {
+        match route(config, &req) {
             Some(ids) => Decision::forward(Edits::none().route_to(ids)),
             None => Decision::pass(),
         }
@@ -87,7 +89,7 @@ llamagate_sdk::export!(LeastBusy);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llamagate_sdk::testing::{backend, request};
+    use llamagate_sdk::testing::{backend, fleet_calls, request, set_fleet};
     use llamagate_sdk::Endpoint;
 
     fn chat(model: &str) -> Request {
@@ -96,39 +98,39 @@ mod tests {
 
     #[test]
     fn fewest_in_flight_first_ties_in_fleet_order() {
-        let fleet = [
+        set_fleet([
             backend("a", &["llama3.2"]).with_in_flight(3),
             backend("b", &["llama3.2"]).with_in_flight(1),
             backend("c", &["qwen2.5:14b"]),
             backend("d", &["llama3.2"]).with_in_flight(1),
-        ];
-        let ids = route(&Config::default(), &chat("llama3.2:latest"), &fleet);
+        ]);
+        let ids = route(&Config::default(), &chat("llama3.2:latest"));
         assert_eq!(ids.unwrap(), ["b", "d", "a"]);
     }
 
     #[test]
     fn unhealthy_backends_come_last_however_idle() {
-        let fleet = [
+        set_fleet([
             backend("a", &["llama3.2"]).unhealthy(),
             backend("b", &["llama3.2"]).with_in_flight(5),
-        ];
-        let ids = route(&Config::default(), &chat("llama3.2"), &fleet);
+        ]);
+        let ids = route(&Config::default(), &chat("llama3.2"));
         assert_eq!(ids.unwrap(), ["b", "a"]);
     }
 
     #[test]
     fn passes_what_it_does_not_place() {
-        let fleet = [backend("a", &["llama3.2"]), backend("b", &["mistral"])];
+        set_fleet([backend("a", &["llama3.2"]), backend("b", &["mistral"])]);
         let config = Config::parse(r#"{"models":["llama3.2"]}"#).unwrap();
-        assert!(route(&config, &chat("llama3.2"), &fleet).is_some());
-        assert_eq!(route(&config, &chat("mistral"), &fleet), None, "not listed");
+        assert!(route(&config, &chat("llama3.2")).is_some());
+        assert_eq!(route(&config, &chat("mistral")), None, "not listed");
         let all = Config::default();
-        assert_eq!(route(&all, &chat("phi4"), &fleet), None, "nobody serves it");
-        assert_eq!(
-            route(&all, &request(Endpoint::Pull, "llama3.2"), &fleet),
-            None
-        );
-        assert_eq!(route(&all, &request(Endpoint::Tags, ""), &fleet), None);
+        assert_eq!(route(&all, &chat("phi4")), None, "nobody serves it");
+        assert_eq!(route(&all, &request(Endpoint::Pull, "llama3.2")), None);
+        assert_eq!(route(&all, &request(Endpoint::Tags, "")), None);
+        // Only the two requests it places ask the host, once each.
+        assert_eq!(fleet_calls().backends_for, 2);
+        assert_eq!(fleet_calls().all_backends, 0);
     }
 
     #[test]
@@ -145,15 +147,27 @@ mod tests {
     #[test]
     fn the_decision_routes_or_passes() {
         CONFIG.get_or_init(Config::default);
-        let fleet = vec![
+        set_fleet([
             backend("a", &["llama3.2"]).with_in_flight(1),
             backend("b", &["llama3.2"]),
-        ];
-        let decision = LeastBusy::on_request(chat("llama3.2"), fleet.clone());
+        ]);
+        let decision = LeastBusy::on_request(chat("llama3.2"));
         assert_eq!(
             decision,
             Decision::forward(Edits::none().route_to(["b", "a"]))
         );
-        assert_eq!(LeastBusy::on_request(chat("phi4"), fleet), Decision::pass());
+        assert_eq!(LeastBusy::on_request(chat("phi4")), Decision::pass());
+    }
+
+    #[test]
+    fn stays_within_the_route_of_earlier_plugins() {
+        set_fleet([
+            backend("a", &["llama3.2"]).with_in_flight(2),
+            backend("b", &["llama3.2"]),
+            backend("c", &[]), // mapped by the default policy, not reporting it yet
+        ]);
+        let mut req = chat("llama3.2");
+        req.route = Some(vec!["a".into(), "c".into()]);
+        assert_eq!(route(&Config::default(), &req).unwrap(), ["c", "a"]);
     }
 }

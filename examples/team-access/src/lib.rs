@@ -8,7 +8,9 @@
 //! and any endpoint llamagate does not know (a newer Ollama's `/api/signout`,
 //! say) — are allowed only to teams allowed `"*"`. Listings (`/api/tags`, `/api/ps`,
 //! `/v1/models`) show each team only its models. The token is removed before
-//! the request reaches a backend, unless `forward_token = true`.
+//! the request reaches a backend, unless `forward_token = true`. The team's name
+//! is the request's `principal`: llamagate's fairness key and log name for it.
+//! The plugin never asks the host for backends.
 //!
 //! Tokens are configured by their SHA-256 (`"sha256:<hex>"`, from
 //! `printf %s "$TOKEN" | sha256sum`), so the config holds no usable secret, and
@@ -28,9 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use llamagate_sdk::keys::KeyTable;
-use llamagate_sdk::{
-    log, names, Backend, Decision, Edits, Endpoint, Level, ListedModel, Policy, Request,
-};
+use llamagate_sdk::{log, names, Decision, Edits, Endpoint, Level, ListedModel, Policy, Request};
 use serde::Deserialize;
 
 /// The config as written, before its tokens are hashed.
@@ -138,11 +138,12 @@ pub fn decide(config: &Config, req: &Request) -> Decision {
             return Decision::reject(403, format!("team {team:?} may not use model {model:?}"));
         }
     }
+    let edits = Edits::none().set_principal(team);
     // `list_models` sees the request as the client sent it, so the token can go.
     if config.forward_token {
-        Decision::pass()
+        Decision::forward(edits)
     } else {
-        Decision::forward(Edits::none().remove_header("authorization"))
+        Decision::forward(edits.remove_header("authorization"))
     }
 }
 
@@ -179,7 +180,7 @@ impl Policy for TeamAccess {
         Ok(())
     }
 
-    fn on_request(req: Request, _backends: Vec<Backend>) -> Decision {
+    fn on_request(req: Request) -> Decision {
         decide(CONFIG.get().expect("llamagate calls init first"), &req)
     }
 
@@ -296,7 +297,22 @@ mod tests {
         let removed = decide(&config(false), &chat("llama3.2", "sk-a"));
         assert_eq!(removed.edits().unwrap().remove_headers, ["authorization"]);
         let kept = decide(&config(true), &chat("llama3.2", "sk-a"));
-        assert_eq!(kept, Decision::pass());
+        assert_eq!(
+            kept,
+            Decision::forward(Edits::none().set_principal("team-a"))
+        );
+    }
+
+    #[test]
+    fn the_team_is_the_principal() {
+        let c = config(false);
+        let principal = |token: &str| {
+            let decision = decide(&c, &chat("llama3.2", token));
+            decision.edits().and_then(|e| e.principal.clone())
+        };
+        assert_eq!(principal("sk-a").as_deref(), Some("team-a"));
+        assert_eq!(principal("sk-root").as_deref(), Some("admins"));
+        assert_eq!(principal("sk-nope"), None, "refused: no edits at all");
     }
 
     #[test]

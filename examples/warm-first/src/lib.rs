@@ -36,16 +36,17 @@ pub fn is_warm(backend: &Backend, model: &str, num_ctx: Option<i64>) -> bool {
 }
 
 /// The backends to try, best first; `None` leaves the choice to earlier plugins.
-pub fn route(req: &Request, backends: &[Backend]) -> Option<Vec<String>> {
+/// Asks the host for the candidates only for the requests it places.
+pub fn route(req: &Request) -> Option<Vec<String>> {
     let model = req.model.as_deref().filter(|_| req.is_inference())?;
     let num_ctx = req.option_i64("num_ctx");
-    let mut replicas: Vec<&Backend> = req.candidates(backends);
+    let mut replicas: Vec<Backend> = req.candidates();
     if replicas.is_empty() {
         return None;
     }
     // A stable sort: otherwise equal backends keep llamagate's order.
     replicas.sort_by_key(|b| (!b.healthy, !is_warm(b, model, num_ctx), b.in_flight));
-    Some(replicas.into_iter().map(|b| b.id.clone()).collect())
+    Some(replicas.into_iter().map(|b| b.id).collect())
 }
 
 struct WarmFirst;
@@ -57,8 +58,8 @@ impl Policy for WarmFirst {
             .map_err(|e| format!("{e} (warm-first takes no configuration)"))
     }
 
-    fn on_request(req: Request, backends: Vec<Backend>) -> Decision {
-        match route(&req, &backends) {
+    fn on_request(req: Request) -> Decision {
+        match route(&req) {
             Some(ids) => Decision::forward(Edits::none().route_to(ids)),
             None => Decision::pass(),
         }
@@ -74,7 +75,7 @@ llamagate_sdk::export!(WarmFirst);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llamagate_sdk::testing::{backend, request};
+    use llamagate_sdk::testing::{backend, request, set_fleet};
     use llamagate_sdk::{Endpoint, JsonValue};
 
     fn chat(num_ctx: Option<i64>) -> Request {
@@ -87,29 +88,29 @@ mod tests {
 
     #[test]
     fn warm_before_cold_then_fewest_in_flight() {
-        let fleet = [
+        set_fleet([
             backend("cold-idle", &["llama3.2"]),
             backend("warm-busy", &["llama3.2"])
                 .with_loaded("llama3.2", 4096)
                 .with_in_flight(2),
             backend("warm-idle", &["llama3.2"]).with_loaded("llama3.2", 4096),
             backend("other", &["mistral"]).with_loaded("mistral", 4096),
-        ];
+        ]);
         assert_eq!(
-            route(&chat(None), &fleet).unwrap(),
+            route(&chat(None)).unwrap(),
             ["warm-idle", "warm-busy", "cold-idle"]
         );
     }
 
     #[test]
     fn a_different_num_ctx_means_a_reload() {
-        let fleet = [
+        set_fleet([
             backend("a", &["llama3.2"]).with_loaded("llama3.2", 8192),
             backend("b", &["llama3.2"]).with_loaded("llama3.2", 4096),
-        ];
-        assert_eq!(route(&chat(Some(4096)), &fleet).unwrap(), ["b", "a"]);
-        assert_eq!(route(&chat(Some(8192)), &fleet).unwrap(), ["a", "b"]);
-        assert_eq!(route(&chat(None), &fleet).unwrap(), ["a", "b"], "both warm");
+        ]);
+        assert_eq!(route(&chat(Some(4096))).unwrap(), ["b", "a"]);
+        assert_eq!(route(&chat(Some(8192))).unwrap(), ["a", "b"]);
+        assert_eq!(route(&chat(None)).unwrap(), ["a", "b"], "both warm");
         let cold = backend("c", &["llama3.2"]);
         assert!(!is_warm(&cold, "llama3.2", None));
         let mut unknown_ctx = backend("d", &["llama3.2"]).with_loaded("llama3.2", 0);
@@ -119,22 +120,22 @@ mod tests {
 
     #[test]
     fn unhealthy_comes_last_even_when_warm() {
-        let fleet = [
+        set_fleet([
             backend("a", &["llama3.2"])
                 .with_loaded("llama3.2", 4096)
                 .unhealthy(),
             backend("b", &["llama3.2"]),
-        ];
-        assert_eq!(route(&chat(None), &fleet).unwrap(), ["b", "a"]);
+        ]);
+        assert_eq!(route(&chat(None)).unwrap(), ["b", "a"]);
     }
 
     #[test]
     fn passes_what_it_does_not_place() {
-        let fleet = [backend("a", &["llama3.2"]).with_loaded("llama3.2", 4096)];
-        assert_eq!(route(&request(Endpoint::Chat, "phi4"), &fleet), None);
-        assert_eq!(route(&request(Endpoint::Show, "llama3.2"), &fleet), None);
+        set_fleet([backend("a", &["llama3.2"]).with_loaded("llama3.2", 4096)]);
+        assert_eq!(route(&request(Endpoint::Chat, "phi4")), None);
+        assert_eq!(route(&request(Endpoint::Show, "llama3.2")), None);
         assert_eq!(
-            WarmFirst::on_request(request(Endpoint::Tags, ""), fleet.to_vec()),
+            WarmFirst::on_request(request(Endpoint::Tags, "")),
             Decision::pass()
         );
     }

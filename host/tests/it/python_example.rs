@@ -81,7 +81,8 @@ fn python_component(componentize_py: &Path) -> PathBuf {
         .get_or_init(|| {
             let out_dir = workspace().join("target/plugins");
             let out = out_dir.join("team_access_py.wasm");
-            let mut sources = vec![workspace().join("wit/policy.wit")];
+            // The example targets WIT 0.1.0 on purpose: it proves 0.1.0 plugins keep working.
+            let mut sources = vec![workspace().join("wit/v0.1.0/policy.wit")];
             for entry in std::fs::read_dir(example_dir()).unwrap() {
                 let path = entry.unwrap().path();
                 if path.extension().is_some_and(|e| e == "py") {
@@ -101,7 +102,7 @@ fn python_component(componentize_py: &Path) -> PathBuf {
             let output = Command::new(componentize_py)
                 .current_dir(example_dir())
                 .arg("-d")
-                .arg(workspace().join("wit"))
+                .arg(workspace().join("wit/v0.1.0"))
                 .args(["-w", "policy-plugin", "componentize", "app", "-o"])
                 .arg(&partial)
                 .output()

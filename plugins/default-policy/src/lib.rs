@@ -26,11 +26,13 @@ use serde::Deserialize;
 mod rules;
 pub use rules::{create_base, Config, ModelRules, OptionRules};
 
-#[cfg(target_arch = "wasm32")]
+/// The `policy` export. Compiled natively too, so that its decisions are
+/// unit-tested against the SDK's stand-in fleet.
 mod guest {
     use super::*;
     use llamagate_sdk::{
-        Backend, Decision, Edits, Endpoint, JsonValue, ListedModel, OptionEntry, Policy, Request,
+        all_backends, backends_for, backends_with_ids, Backend, Decision, Edits, Endpoint,
+        JsonValue, ListedModel, OptionEntry, Policy, Request,
     };
     use std::cell::RefCell;
 
@@ -47,11 +49,11 @@ mod guest {
             Ok(())
         }
 
-        fn on_request(req: Request, backends: Vec<Backend>) -> Decision {
+        fn on_request(req: Request) -> Decision {
             CONFIG.with(|c| {
                 let c = c.borrow();
                 let config = c.as_ref().expect("init runs first");
-                Decision::Forward(decide(config, &req, &backends))
+                Decision::Forward(decide(config, &req))
             })
         }
 
@@ -75,7 +77,10 @@ mod guest {
         }
     }
 
-    fn decide(config: &Config, req: &Request, backends: &[Backend]) -> Edits {
+    /// The edits for one request. Asks the host for backends only as the
+    /// request needs them: a request for a model costs one `backends-for`
+    /// call (more only when a mapped backend does not serve the model).
+    fn decide(config: &Config, req: &Request) -> Edits {
         let mut edits = Edits::none();
         let pin = req.header(&config.backend_header);
         if pin.is_some() {
@@ -87,14 +92,14 @@ mod guest {
         // the operator's model map, whatever the client asks.
         if pins(req.endpoint) {
             if let Some(id) = config.pinned_backend(pin) {
-                if backends.iter().any(|b| b.id == id) {
+                if all_backends().iter().any(|b| b.id == id) {
                     edits.backends = Some(vec![id.to_string()]);
                 }
             }
         }
         let Some(model) = req.model.as_deref() else {
             if edits.backends.is_none() && req.endpoint != Endpoint::Root {
-                edits.backends = Some(order(backends.iter().collect(), None));
+                edits.backends = Some(ids(order(all_backends(), None)));
             }
             return edits;
         };
@@ -104,19 +109,15 @@ mod guest {
         }
         let target = target.as_deref().unwrap_or(model);
         if edits.backends.is_none() {
-            let mut chosen = route(config, req.endpoint, target, backends);
+            let mut chosen = route(config, req.endpoint, target);
             if req.endpoint == Endpoint::Create {
                 // Unpinned: where the base model (`from`) already is, if
                 // anywhere, so Ollama need not fetch it from the registry.
                 if let Some(base) = create_base(&llamagate_sdk::request_body()) {
-                    prefer_serving(
-                        &mut chosen,
-                        &config.resolve_alias(&base).unwrap_or(base),
-                        backends,
-                    );
+                    prefer_serving(&mut chosen, &config.resolve_alias(&base).unwrap_or(base));
                 }
             }
-            edits.backends = Some(chosen);
+            edits.backends = Some(ids(chosen));
         }
         if takes_options(req.endpoint) {
             let rules = config.rules_for(target);
@@ -135,52 +136,46 @@ mod guest {
     }
 
     /// The backends for a model, best first; empty when none serves it.
-    fn route(
-        config: &Config,
-        endpoint: Endpoint,
-        model: &str,
-        backends: &[Backend],
-    ) -> Vec<String> {
+    fn route(config: &Config, endpoint: Endpoint, model: &str) -> Vec<Backend> {
         let key = names::key(model);
         if let Some(ids) = config.models.get(&key) {
-            let chosen = backends.iter().filter(|b| ids.contains(&b.id)).collect();
-            return order(chosen, Some(&key));
+            // The map's backends, whether or not they report the model yet.
+            return order(backends_with_ids(ids, Some(model)), Some(&key));
         }
         if !config.routes_unlisted() {
             return Vec::new();
         }
-        let serving: Vec<&Backend> = backends
-            .iter()
-            .filter(|b| b.models.iter().any(|m| names::key(m) == key))
-            .collect();
+        let serving = backends_for(model);
         if serving.is_empty() && creates_model(endpoint) {
             // A model nobody has yet: pull or create it on the best backend.
-            return order(backends.iter().collect(), None);
+            return order(all_backends(), None);
         }
         order(serving, Some(&key))
     }
 
     /// Moves the backends that serve `model` to the front, healthy ones
     /// first, keeping the order otherwise.
-    fn prefer_serving(chosen: &mut [String], model: &str, backends: &[Backend]) {
-        let key = names::key(model);
-        let rank = |id: &String| {
-            let b = backends.iter().find(|b| &b.id == id);
-            let serves = b.is_some_and(|b| b.models.iter().any(|m| names::key(m) == key));
-            (!b.is_some_and(|b| b.healthy), !serves)
-        };
-        chosen.sort_by_key(rank);
+    fn prefer_serving(chosen: &mut [Backend], model: &str) {
+        if chosen.is_empty() {
+            return;
+        }
+        let serving = backends_for(model);
+        chosen.sort_by_key(|b| (!b.healthy, !serving.iter().any(|s| s.id == b.id)));
     }
 
     /// Healthy first, then with the model loaded, then fewest in flight.
-    fn order(mut list: Vec<&Backend>, model_key: Option<&str>) -> Vec<String> {
+    fn order(mut list: Vec<Backend>, model_key: Option<&str>) -> Vec<Backend> {
         list.sort_by_key(|b| {
             let loaded = model_key
                 .map(|k| b.loaded.iter().any(|l| names::key(&l.name) == k))
                 .unwrap_or(false);
             (!b.healthy, !loaded, b.in_flight)
         });
-        list.into_iter().map(|b| b.id.clone()).collect()
+        list
+    }
+
+    fn ids(list: Vec<Backend>) -> Vec<String> {
+        list.into_iter().map(|b| b.id).collect()
     }
 
     fn takes_options(endpoint: Endpoint) -> bool {
@@ -224,6 +219,124 @@ mod guest {
     }
 
     llamagate_sdk::export!(DefaultPolicy);
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use llamagate_sdk::testing::{backend, fleet_calls, request, set_body, set_fleet};
+
+        fn config(json: &str) -> Config {
+            Config::parse(json).unwrap()
+        }
+
+        fn routed(config: &Config, req: &Request) -> Option<Vec<String>> {
+            decide(config, req).backends
+        }
+
+        fn chat(model: &str) -> Request {
+            request(Endpoint::Chat, model)
+        }
+
+        #[test]
+        fn unmapped_models_go_to_their_backends_healthy_then_loaded_then_idle() {
+            set_fleet([
+                backend("a", &["llama3.2"]).with_in_flight(2),
+                backend("b", &["llama3.2"]).unhealthy(),
+                backend("c", &["llama3.2"])
+                    .with_in_flight(5)
+                    .with_loaded("llama3.2", 4096),
+                backend("d", &["mistral"]),
+                backend("e", &["llama3.2:latest"]).with_in_flight(1),
+            ]);
+            let c = config("{}");
+            assert_eq!(routed(&c, &chat("LLAMA3.2")).unwrap(), ["c", "e", "a", "b"]);
+            // One host call, and only the backends that serve the model.
+            assert_eq!(fleet_calls().backends_for, 1);
+            assert_eq!(fleet_calls().all_backends, 0);
+            assert_eq!(routed(&c, &chat("phi4")).unwrap(), Vec::<String>::new());
+        }
+
+        #[test]
+        fn mapped_models_go_to_their_map_entry_served_yet_or_not() {
+            set_fleet([
+                backend("a", &["llama3.2"]),
+                backend("b", &[]).with_in_flight(1),
+                backend("c", &["llama3.2"]),
+            ]);
+            let c = config(r#"{"models":{"llama3.2":["c","a"],"mistral":["b","a"]}}"#);
+            assert_eq!(routed(&c, &chat("llama3.2")).unwrap(), ["a", "c"]);
+            assert_eq!(fleet_calls().all_backends, 0, "all of them serve it");
+            // `b` reports no models yet: the map still sends it there.
+            assert_eq!(routed(&c, &chat("mistral")).unwrap(), ["a", "b"]);
+            assert_eq!(routed(&c, &chat("qwen2.5")).unwrap(), Vec::<String>::new());
+        }
+
+        #[test]
+        fn a_model_nobody_has_is_pulled_on_the_best_backend() {
+            set_fleet([
+                backend("a", &["llama3.2"]).with_in_flight(3),
+                backend("b", &[]).unhealthy(),
+                backend("c", &["mistral"]),
+            ]);
+            let c = config("{}");
+            let pull = request(Endpoint::Pull, "qwen2.5:14b");
+            assert_eq!(routed(&c, &pull).unwrap(), ["c", "a", "b"]);
+            let pull = request(Endpoint::Pull, "mistral");
+            assert_eq!(routed(&c, &pull).unwrap(), ["c"], "where it already is");
+        }
+
+        #[test]
+        fn requests_without_a_model_go_anywhere_but_the_root_probe() {
+            set_fleet([backend("a", &[]).unhealthy(), backend("b", &[])]);
+            let c = config("{}");
+            assert_eq!(
+                routed(&c, &request(Endpoint::Tags, "")).unwrap(),
+                ["b", "a"]
+            );
+            assert_eq!(routed(&c, &request(Endpoint::Root, "")), None);
+        }
+
+        #[test]
+        fn the_header_pins_pulls_creates_and_blobs_only() {
+            set_fleet([backend("a", &["llama3.2"]), backend("b", &[])]);
+            let c = config("{}");
+            let pin = |req: Request, id: &str| req.with_header("x-llamagate-backend", id);
+            let edits = decide(&c, &pin(request(Endpoint::Pull, "llama3.2"), "b"));
+            assert_eq!(edits.backends.unwrap(), ["b"]);
+            assert_eq!(edits.remove_headers, ["x-llamagate-backend"]);
+            let unknown = pin(request(Endpoint::Pull, "llama3.2"), "zz");
+            assert_eq!(routed(&c, &unknown).unwrap(), ["a"]);
+            let edits = decide(&c, &pin(chat("llama3.2"), "b"));
+            assert_eq!(edits.backends.unwrap(), ["a"], "a chat is routed as usual");
+            assert_eq!(edits.remove_headers, ["x-llamagate-backend"]);
+        }
+
+        #[test]
+        fn a_create_prefers_the_backends_that_have_its_base() {
+            set_fleet([
+                backend("a", &[]),
+                backend("b", &["llama3.2"]).with_in_flight(4),
+                backend("c", &["llama3.2"]).unhealthy(),
+            ]);
+            let c = config(r#"{"aliases":{"base":"llama3.2"}}"#);
+            set_body(r#"{"model":"mine","from":"base"}"#);
+            let create = request(Endpoint::Create, "mine");
+            assert_eq!(routed(&c, &create).unwrap(), ["b", "a", "c"]);
+            set_body(r#"{"model":"mine"}"#);
+            assert_eq!(routed(&c, &create).unwrap(), ["a", "b", "c"]);
+        }
+
+        #[test]
+        fn aliases_are_renamed_and_routed_by_their_target() {
+            set_fleet([backend("a", &["mistral"]), backend("b", &["llama3.2"])]);
+            let c = config(r#"{"aliases":{"gpt-4o":"llama3.2"},"defaults":{"num_ctx":8192}}"#);
+            let edits = decide(&c, &chat("gpt-4o"));
+            assert_eq!(edits.model.as_deref(), Some("llama3.2"));
+            assert_eq!(edits.backends.unwrap(), ["b"]);
+            assert_eq!(edits.set_options[0].key, "num_ctx");
+            assert_eq!(edits.principal, None);
+        }
+    }
 }
 
 /// Parses the `models` table value: one id or a list of ids.

@@ -24,12 +24,46 @@ pub fn request_body() -> Vec<u8> {
     return crate::testing::body();
 }
 
-/// The backends that serve `model` (names compared as Ollama compares them).
-pub fn serving<'a>(backends: &'a [Backend], model: &str) -> impl Iterator<Item = &'a Backend> {
-    let key = names::key(model);
-    backends
-        .iter()
-        .filter(move |b| b.models.iter().any(|m| names::key(m) == key))
+/// The backends that serve `model` (names compared as Ollama compares them),
+/// in configuration order; empty if none. Unhealthy ones are included.
+/// Natively, it answers from what [`crate::testing::set_fleet`] set.
+pub fn backends_for(model: &str) -> Vec<Backend> {
+    #[cfg(target_arch = "wasm32")]
+    return crate::bindings::llamagate::policy::host::backends_for(model);
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testing::fleet_for(model);
+}
+
+/// Every configured backend, in configuration order. It copies the whole
+/// fleet: use it for what [`backends_for`] cannot answer (a model no backend
+/// has yet, a request without a model). Natively, what
+/// [`crate::testing::set_fleet`] set.
+pub fn all_backends() -> Vec<Backend> {
+    #[cfg(target_arch = "wasm32")]
+    return crate::bindings::llamagate::policy::host::all_backends();
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testing::fleet();
+}
+
+/// The backends whose id is in `ids`, in configuration order (ids that name no
+/// backend are left out), e.g. an earlier plugin's `route`.
+///
+/// When they all serve `model`, one [`backends_for`] call answers; the whole
+/// fleet is asked for only when some do not (or `model` is `None`).
+pub fn backends_with_ids(ids: &[String], model: Option<&str>) -> Vec<Backend> {
+    if let Some(model) = model {
+        let serving: Vec<Backend> = backends_for(model)
+            .into_iter()
+            .filter(|b| ids.contains(&b.id))
+            .collect();
+        if ids.iter().all(|id| serving.iter().any(|b| &b.id == id)) {
+            return serving;
+        }
+    }
+    all_backends()
+        .into_iter()
+        .filter(|b| ids.contains(&b.id))
+        .collect()
 }
 
 impl Request {
@@ -63,12 +97,14 @@ impl Request {
 
     /// The backends a placing plugin may choose from: those an earlier plugin
     /// of the chain chose (`route`, e.g. the default policy's model map), or,
-    /// when none chose, those that serve the requested model. Keeps fleet order.
-    pub fn candidates<'a>(&self, backends: &'a [Backend]) -> Vec<&'a Backend> {
+    /// when none chose, those that serve the requested model (every backend
+    /// when the request names none). In configuration order. Asks the host
+    /// ([`backends_with_ids`], [`backends_for`]): call it once per decision.
+    pub fn candidates(&self) -> Vec<Backend> {
         match (&self.route, &self.model) {
-            (Some(route), _) => backends.iter().filter(|b| route.contains(&b.id)).collect(),
-            (None, Some(model)) => serving(backends, model).collect(),
-            (None, None) => backends.iter().collect(),
+            (Some(route), model) => backends_with_ids(route, model.as_deref()),
+            (None, Some(model)) => backends_for(model),
+            (None, None) => all_backends(),
         }
     }
 
@@ -126,11 +162,6 @@ impl JsonValue {
 }
 
 impl Backend {
-    /// Whether the backend serves `model`.
-    pub fn serves(&self, model: &str) -> bool {
-        self.models.iter().any(|m| names::same(m, model))
-    }
-
     /// Whether `model` is loaded in the backend's memory right now.
     pub fn has_loaded(&self, model: &str) -> bool {
         self.loaded.iter().any(|l| names::same(&l.name, model))
@@ -155,6 +186,7 @@ impl Edits {
             set_headers: Vec::new(),
             remove_headers: Vec::new(),
             backends: None,
+            principal: None,
         }
     }
 
@@ -205,6 +237,13 @@ impl Edits {
     /// Remove a request header (so the backend never sees it, e.g. `authorization`).
     pub fn remove_header(mut self, name: impl Into<String>) -> Self {
         self.remove_headers.push(name.into());
+        self
+    }
+
+    /// Say who the request is for: a key's or team's name, never a secret
+    /// (llamagate logs it and uses it as the fairness key from then on).
+    pub fn set_principal(mut self, name: impl Into<String>) -> Self {
+        self.principal = Some(name.into());
         self
     }
 }
@@ -268,8 +307,73 @@ impl Decision {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{backend, request};
-    use crate::Endpoint;
+    use super::{all_backends, backends_for, backends_with_ids};
+    use crate::testing::{backend, fleet_calls, request, set_fleet, FleetCalls};
+    use crate::{Backend, Endpoint};
+
+    fn ids(backends: Vec<Backend>) -> Vec<String> {
+        backends.into_iter().map(|b| b.id).collect()
+    }
+
+    fn fleet() {
+        set_fleet([
+            backend("a", &["llama3.2", "mistral"]),
+            backend("b", &["qwen2.5:14b"]).unhealthy(),
+            backend("c", &["llama3.2:latest"]),
+            backend("d", &[]),
+        ]);
+    }
+
+    #[test]
+    fn backends_for_a_model_by_any_spelling_in_fleet_order() {
+        fleet();
+        assert_eq!(ids(backends_for("LLAMA3.2")), ["a", "c"]);
+        assert_eq!(ids(backends_for("library/qwen2.5:14b")), ["b"]);
+        assert!(backends_for("llama3.2:1b").is_empty());
+        assert_eq!(ids(all_backends()), ["a", "b", "c", "d"]);
+        let b = &backends_for("qwen2.5:14b")[0];
+        assert_eq!(
+            (b.healthy, b.reason.as_deref()),
+            (false, Some("connection refused"))
+        );
+        assert_eq!(
+            fleet_calls(),
+            FleetCalls {
+                backends_for: 4,
+                all_backends: 1
+            }
+        );
+    }
+
+    #[test]
+    fn backends_with_ids_asks_the_whole_fleet_only_when_it_must() {
+        fleet();
+        let route = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Every id serves the model: one `backends-for`, fleet order kept.
+        assert_eq!(
+            ids(backends_with_ids(&route(&["c", "a"]), Some("llama3.2"))),
+            ["a", "c"]
+        );
+        assert_eq!(fleet_calls().all_backends, 0);
+        // `d` does not serve it, `x` is no backend: the whole fleet is asked.
+        let chosen = backends_with_ids(&route(&["d", "x", "a"]), Some("llama3.2"));
+        assert_eq!(ids(chosen), ["a", "d"]);
+        assert_eq!(fleet_calls().all_backends, 1);
+        assert_eq!(ids(backends_with_ids(&route(&["b"]), None)), ["b"]);
+        assert!(backends_with_ids(&[], Some("llama3.2")).is_empty());
+    }
+
+    #[test]
+    fn candidates_are_the_route_else_the_serving_backends() {
+        fleet();
+        let chat = request(Endpoint::Chat, "llama3.2");
+        assert_eq!(ids(chat.candidates()), ["a", "c"]);
+        let mut routed = chat.clone();
+        routed.route = Some(vec!["d".into(), "c".into()]);
+        assert_eq!(ids(routed.candidates()), ["c", "d"]);
+        assert_eq!(ids(request(Endpoint::Tags, "").candidates()).len(), 4);
+        assert!(request(Endpoint::Chat, "phi4").candidates().is_empty());
+    }
 
     #[test]
     fn inference_endpoints() {

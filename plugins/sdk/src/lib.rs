@@ -3,29 +3,66 @@
 //! - [`names`]: Ollama's model-name rules (always available; the host uses them too).
 //! - [`keys`] (the `keys` feature, on by default): a table of bearer tokens kept as
 //!   SHA-256 digests (`"sha256:<hex>"` in the config) and looked up in constant time.
-//! - With the `guest` feature (on by default): the types of the `llamagate:policy`
-//!   WIT world with helpers, the [`Policy`] trait a plugin implements, and the
-//!   [`export!`] macro it calls once. See `wit/policy.wit` for each item's meaning.
+//! - With the `guest` feature (on by default): the types of the
+//!   `llamagate:policy@0.2.0` WIT world with helpers, the [`Policy`] trait a
+//!   plugin implements, the host calls ([`backends_for`], [`all_backends`],
+//!   [`request_body`], [`log`]) and the [`export!`] macro it calls once. See
+//!   `wit/v0.2.0/policy.wit` for each item's meaning.
+//!
+//! `on_request` gets the request only; a plugin that places requests asks for
+//! the backends it needs: [`backends_for`] a model (usually), [`all_backends`]
+//! (a model nobody has yet), or [`Request::candidates`] (those an earlier plugin
+//! chose, else those that serve the model).
 //!
 //! A plugin's logic can be unit-tested natively with `cargo test`: the types are
 //! plain Rust, [`testing`] builds requests and backends, and the host imports
-//! ([`log`], [`request_body`]) have native stand-ins.
+//! have native stand-ins ([`testing::set_fleet`] and [`testing::set_body`] say
+//! what they return).
 //!
-//! ```ignore
-//! use llamagate_sdk::{Backend, Decision, Edits, ListedModel, Policy, Request};
+//! ```
+//! use llamagate_sdk::{Decision, Edits, ListedModel, Policy, Request};
 //!
-//! struct Cap;
-//! impl Policy for Cap {
+//! /// Caps `num_ctx`; sends inference to the least busy backend that serves the model.
+//! struct CapAndSpread;
+//!
+//! impl Policy for CapAndSpread {
 //!     fn init(_config: String) -> Result<(), String> { Ok(()) }
-//!     fn on_request(req: Request, _backends: Vec<Backend>) -> Decision {
-//!         match req.option_i64("num_ctx") {
-//!             Some(n) if n > 8192 => Decision::forward(Edits::none().set_num_ctx(8192)),
-//!             _ => Decision::pass(),
+//!
+//!     fn on_request(req: Request) -> Decision {
+//!         let mut edits = Edits::none();
+//!         if req.option_i64("num_ctx").is_some_and(|n| n > 8192) {
+//!             edits = edits.set_num_ctx(8192);
 //!         }
+//!         if req.is_inference() {
+//!             let mut replicas = req.candidates(); // one host call, only here
+//!             replicas.sort_by_key(|b| (!b.healthy, b.in_flight));
+//!             if !replicas.is_empty() {
+//!                 edits = edits.route_to(replicas.into_iter().map(|b| b.id));
+//!             }
+//!         }
+//!         Decision::forward(edits)
 //!     }
+//!
 //!     fn list_models(_req: Request, models: Vec<ListedModel>) -> Vec<ListedModel> { models }
 //! }
-//! llamagate_sdk::export!(Cap);
+//!
+//! llamagate_sdk::export!(CapAndSpread);
+//!
+//! // A native unit test: `testing` stands in for the host.
+//! # fn main() {
+//! use llamagate_sdk::{testing, Endpoint, JsonValue};
+//! testing::set_fleet([
+//!     testing::backend("gpu-01", &["llama3.2"]).with_in_flight(2),
+//!     testing::backend("gpu-02", &["llama3.2", "qwen2.5:14b"]),
+//!     testing::backend("gpu-03", &["mistral"]),
+//! ]);
+//! let req = testing::request(Endpoint::Chat, "llama3.2")
+//!     .with_option("num_ctx", JsonValue::Integer(32768));
+//! assert_eq!(
+//!     CapAndSpread::on_request(req),
+//!     Decision::forward(Edits::none().set_num_ctx(8192).route_to(["gpu-02", "gpu-01"])),
+//! );
+//! # }
 //! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -38,9 +75,9 @@ pub mod keys;
 #[cfg(feature = "guest")]
 #[allow(missing_docs, unsafe_code, clippy::all)]
 pub mod bindings {
-    //! Generated from `wit/policy.wit`. See that file for the documentation of each item.
+    //! Generated from `wit/v0.2.0/policy.wit`. See that file for the documentation of each item.
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "../../wit/v0.2.0",
         world: "policy-plugin",
         pub_export_macro: true,
         export_macro_name: "export",
@@ -59,7 +96,7 @@ pub mod testing;
 ///
 /// For `wasm32` it writes the component's exports. On other targets (native
 /// `cargo test` of a `cdylib` + `rlib` plugin crate) it only names the type: the
-/// component's export names (`llamagate:policy/policy@0.1.0#init`) cannot be
+/// component's export names (`llamagate:policy/policy@0.2.0#init`) cannot be
 /// symbols of a native shared library, whose linker would refuse them.
 #[cfg(feature = "guest")]
 #[macro_export]
@@ -82,4 +119,4 @@ pub use bindings::exports::llamagate::policy::policy::Guest as Policy;
 #[cfg(feature = "guest")]
 pub use bindings::llamagate::policy::types::*;
 #[cfg(feature = "guest")]
-pub use helpers::{log, request_body, serving};
+pub use helpers::{all_backends, backends_for, backends_with_ids, log, request_body};

@@ -1,19 +1,34 @@
-//! Building requests and backends for native unit tests of plugin logic.
+//! Building requests and backends for native unit tests of plugin logic, and
+//! the native stand-ins of the host calls.
+//!
+//! On the current thread, [`set_fleet`] sets the backends that
+//! [`crate::backends_for`] and [`crate::all_backends`] answer from, and
+//! [`set_body`] what [`crate::request_body`] returns. A [`TestBackend`] is the
+//! record a plugin gets plus the models it serves, which 0.2.0's record does
+//! not carry (the host answers `backends-for` from them).
 //!
 //! ```ignore
+//! testing::set_fleet([
+//!     testing::backend("gpu-01", &["llama3.2"]).with_in_flight(2),
+//!     testing::backend("gpu-02", &["llama3.2"]),
+//! ]);
 //! let req = testing::request(Endpoint::Chat, "llama3.2").with_header("authorization", "Bearer x");
-//! let fleet = [testing::backend("gpu-01", &["llama3.2"])];
-//! assert_eq!(MyPolicy::on_request(req, fleet.to_vec()), Decision::pass());
+//! assert_eq!(MyPolicy::on_request(req), Decision::forward(Edits::none().route_to(["gpu-02", "gpu-01"])));
+//! assert_eq!(testing::fleet_calls().all_backends, 0);
 //! ```
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ops::{Deref, DerefMut};
 
 use crate::bindings::llamagate::policy::types::{
     Backend, Endpoint, Header, JsonValue, LoadedModel, OptionEntry, Request,
 };
+use crate::names;
 
 thread_local! {
     static BODY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static FLEET: RefCell<Vec<TestBackend>> = const { RefCell::new(Vec::new()) };
+    static CALLS: Cell<FleetCalls> = const { Cell::new(FleetCalls { backends_for: 0, all_backends: 0 }) };
 }
 
 /// Sets what [`crate::request_body`] returns in native tests (per thread).
@@ -25,6 +40,58 @@ pub fn set_body(body: impl Into<Vec<u8>>) {
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn body() -> Vec<u8> {
     BODY.with(|b| b.borrow().clone())
+}
+
+/// Sets the fleet, in configuration order, that [`crate::backends_for`] and
+/// [`crate::all_backends`] answer from in native tests (per thread), and
+/// resets [`fleet_calls`].
+pub fn set_fleet(fleet: impl IntoIterator<Item = TestBackend>) {
+    FLEET.with(|f| *f.borrow_mut() = fleet.into_iter().collect());
+    CALLS.with(|c| c.set(FleetCalls::default()));
+}
+
+/// How often a plugin asked for backends on this thread since [`set_fleet`]:
+/// lets a test check that a decision asks only for what it needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetCalls {
+    /// Calls of [`crate::backends_for`].
+    pub backends_for: u32,
+    /// Calls of [`crate::all_backends`].
+    pub all_backends: u32,
+}
+
+/// The host calls counted since the last [`set_fleet`] on this thread.
+pub fn fleet_calls() -> FleetCalls {
+    CALLS.with(Cell::get)
+}
+
+/// The native stand-in of the host's `backends-for`.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn fleet_for(model: &str) -> Vec<Backend> {
+    CALLS.with(|c| {
+        let mut calls = c.get();
+        calls.backends_for += 1;
+        c.set(calls);
+    });
+    let key = names::key(model);
+    FLEET.with(|f| {
+        f.borrow()
+            .iter()
+            .filter(|b| b.models.iter().any(|m| names::key(m) == key))
+            .map(|b| b.backend.clone())
+            .collect()
+    })
+}
+
+/// The native stand-in of the host's `all-backends`.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn fleet() -> Vec<Backend> {
+    CALLS.with(|c| {
+        let mut calls = c.get();
+        calls.all_backends += 1;
+        c.set(calls);
+    });
+    FLEET.with(|f| f.borrow().iter().map(|b| b.backend.clone()).collect())
 }
 
 /// A request for `model` to `endpoint`, with the method and path llamagate
@@ -80,23 +147,36 @@ impl Request {
     }
 }
 
+/// A backend for native tests: the record plugins get, and the models it
+/// serves (what the host's `backends-for` looks at). It derefs to its
+/// [`Backend`], so it can be passed where a `&Backend` is expected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestBackend {
+    /// What a plugin gets.
+    pub backend: Backend,
+    /// The models the backend serves (display names, as from its `/api/tags`).
+    pub models: Vec<String>,
+}
+
 /// A healthy, idle backend serving `models`.
-pub fn backend(id: &str, models: &[&str]) -> Backend {
-    Backend {
-        id: id.into(),
-        url: format!("http://{id}:11434"),
-        healthy: true,
-        models: models.iter().map(|m| crate::names::display(m)).collect(),
-        loaded: Vec::new(),
-        in_flight: 0,
+pub fn backend(id: &str, models: &[&str]) -> TestBackend {
+    TestBackend {
+        backend: Backend {
+            id: id.into(),
+            healthy: true,
+            reason: None,
+            loaded: Vec::new(),
+            in_flight: 0,
+        },
+        models: models.iter().map(|m| names::display(m)).collect(),
     }
 }
 
-impl Backend {
+impl TestBackend {
     /// Marks `model` as loaded, with its context size.
     pub fn with_loaded(mut self, model: &str, context_length: u32) -> Self {
-        self.loaded.push(LoadedModel {
-            name: crate::names::display(model),
+        self.backend.loaded.push(LoadedModel {
+            name: names::display(model),
             context_length: Some(context_length),
             size_vram: 1 << 30,
         });
@@ -105,13 +185,43 @@ impl Backend {
 
     /// Sets the requests in flight.
     pub fn with_in_flight(mut self, n: u32) -> Self {
-        self.in_flight = n;
+        self.backend.in_flight = n;
         self
     }
 
-    /// Marks the backend unhealthy.
-    pub fn unhealthy(mut self) -> Self {
-        self.healthy = false;
+    /// Marks the backend unhealthy, as a failed probe would.
+    pub fn unhealthy(self) -> Self {
+        self.unhealthy_because("connection refused")
+    }
+
+    /// Marks the backend unhealthy, with the reason the host would give.
+    pub fn unhealthy_because(mut self, reason: &str) -> Self {
+        self.backend.healthy = false;
+        self.backend.reason = Some(reason.into());
         self
+    }
+
+    /// The record a plugin gets.
+    pub fn record(&self) -> Backend {
+        self.backend.clone()
+    }
+}
+
+impl Deref for TestBackend {
+    type Target = Backend;
+    fn deref(&self) -> &Backend {
+        &self.backend
+    }
+}
+
+impl DerefMut for TestBackend {
+    fn deref_mut(&mut self) -> &mut Backend {
+        &mut self.backend
+    }
+}
+
+impl From<TestBackend> for Backend {
+    fn from(b: TestBackend) -> Backend {
+        b.backend
     }
 }
