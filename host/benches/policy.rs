@@ -75,6 +75,7 @@ fn fleet(n: u32, models: usize) -> Vec<Backend> {
             id: format!("gpu-{i:02}"),
             url: format!("http://gpu-{i:02}:11434"),
             healthy: true,
+            reason: None,
             models: std::iter::once("llama3.2:latest".to_string())
                 .chain((1..models).map(|m| format!("model-{m}:latest")))
                 .collect(),

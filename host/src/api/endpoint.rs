@@ -154,7 +154,7 @@ pub static TABLE: &[Row] = &[
     row!(OpenaiModel,       Param("/v1/models/"),          GET,      Route,          ModelAt::Path, &[], Never),
     row!(OpenaiResponses,   Exact("/v1/responses"),        POST,     Route,          MODEL,         STREAM, IfTrue),
     row!(OpenaiMessages,    Exact("/v1/messages"),         POST,     Route,          MODEL,         STREAM, IfTrue),
-    // Not in the WIT contract's `endpoint` enum (0.1.0): plugins see `other`, with the model.
+    // Not in the WIT contract's `endpoint` enum (0.1.0, 0.2.0): plugins see `other`, with the model.
     row!(Other,             Exact("/v1/audio/transcriptions"), POST, Route,          ModelAt::Form, &[], Never),
 ];
 

@@ -49,10 +49,11 @@ pub fn check(file: &Path, plugin_config: Option<&Path>) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let runtime = Runtime::new()?;
     let started = Instant::now();
-    runtime.load(&name_of(file), &wasm, config, Limits::default())?;
+    let plugin = runtime.load(&name_of(file), &wasm, config, Limits::default())?;
     println!(
-        "ok: {} implements llamagate:policy@0.1.0 and its init accepted the config ({} KiB, loaded in {} ms)",
+        "ok: {} implements llamagate:policy@{} and its init accepted the config ({} KiB, loaded in {} ms)",
         file.display(),
+        plugin.contract(),
         wasm.len() / 1024,
         started.elapsed().as_millis()
     );

@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use http::{HeaderValue, Uri};
@@ -21,7 +21,7 @@ use llamagate_sdk::names;
 use serde::Deserialize;
 
 use crate::plugin::{Backend, LoadedModel};
-use crate::upstream::{Destination, Upstream};
+use crate::upstream::{Destination, Failure, Upstream};
 
 /// One backend Ollama server.
 pub struct BackendState {
@@ -37,6 +37,8 @@ pub struct BackendState {
     /// `Basic ...` from the URL's userinfo, if it has one.
     authorization: Option<HeaderValue>,
     healthy: AtomicBool,
+    /// Why it is not healthy (the last failure, in words).
+    reason: Mutex<Option<String>>,
     in_flight: AtomicU32,
     seen: RwLock<Seen>,
     /// Bumped (under `seen`'s write lock) by every [`BackendState::learn`], so
@@ -81,16 +83,25 @@ impl BackendState {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Records the outcome of a request or probe.
-    pub fn set_healthy(&self, healthy: bool) {
-        let was = self.healthy.swap(healthy, Ordering::Relaxed);
-        if was != healthy {
-            if healthy {
-                tracing::info!(backend = %self.id, "backend is reachable again");
-            } else {
-                tracing::warn!(backend = %self.id, url = %self.url, "backend is unreachable");
-            }
+    /// Records that a request or probe reached it.
+    pub fn set_healthy(&self) {
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!(backend = %self.id, "backend is reachable again");
         }
+        *self.reason.lock().unwrap() = None;
+    }
+
+    /// Records that a request or probe failed there, and why (`failure`).
+    pub fn set_unhealthy(&self, failure: &Failure) {
+        *self.reason.lock().unwrap() = Some(failure.to_string());
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(backend = %self.id, url = %self.url, "backend {failure}");
+        }
+    }
+
+    /// Why it is not healthy, if it is not.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.lock().unwrap().clone()
     }
 
     /// The `Authorization` value every request to this backend carries, made
@@ -140,6 +151,7 @@ impl BackendState {
             id: self.id.clone(),
             url: self.url.clone(),
             healthy: self.healthy(),
+            reason: self.reason(),
             models: seen.models,
             loaded: seen.loaded,
             in_flight: self.in_flight.load(Ordering::Relaxed),
@@ -238,6 +250,7 @@ impl Fleet {
                     configured,
                     authorization: userinfo.as_deref().map(basic_authorization),
                     healthy: AtomicBool::new(true),
+                    reason: Mutex::default(),
                     in_flight: AtomicU32::new(0),
                     seen: RwLock::default(),
                     learned: AtomicU64::new(0),
@@ -346,7 +359,7 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
                 *seen = Seen::new(models, loaded);
             }
             drop(seen);
-            backend.set_healthy(true);
+            backend.set_healthy();
         }
         (Err(e), _) => {
             // Why, once, when a backend goes from healthy to not (a wrong
@@ -357,7 +370,7 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
                 tracing::debug!(backend = %backend.id, "probe failed: {e}");
             }
             if e.failure.blames_backend() {
-                backend.set_healthy(false);
+                backend.set_unhealthy(&e.failure);
             }
         }
     }

@@ -61,19 +61,70 @@ use slots::FairQueue;
 pub use slots::Slot;
 use stdio::{Channel, GuestOutput};
 
-mod bindings {
+/// `llamagate:policy@0.2.0`, the current contract: its types are the host's.
+mod v2 {
     wasmtime::component::bindgen!({
         world: "policy-plugin",
-        path: "../wit",
+        path: "../wit/v0.2.0",
         additional_derives: [PartialEq],
     });
 }
 
-pub use bindings::llamagate::policy::types::{
-    Backend, Decision, Edits, Endpoint, Header, JsonValue, Level, ListedModel, LoadedModel,
-    OptionEntry, Reply, Request,
+mod v1;
+
+pub use v2::llamagate::policy::types::{
+    Decision, Edits, Endpoint, Header, JsonValue, Level, ListedModel, LoadedModel, OptionEntry,
+    Reply, Request,
 };
-use bindings::{PolicyPlugin, PolicyPluginPre};
+
+/// The contract versions llamagate serves, newest first.
+pub const CONTRACTS: [&str; 2] = ["0.2.0", "0.1.0"];
+
+/// What llamagate knows of one backend, as plugins are told it: each
+/// contract version gets the part it defines (0.1.0 the models and URL,
+/// 0.2.0 the reason it is unhealthy).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backend {
+    /// The operator's id.
+    pub id: String,
+    /// Base URL without userinfo.
+    pub url: String,
+    /// Whether the last probe (or request) reached it.
+    pub healthy: bool,
+    /// Why it is not healthy, in words; `None` when healthy.
+    pub reason: Option<String>,
+    /// Models it serves, as its `/api/tags` names them.
+    pub models: Vec<String>,
+    /// Models loaded now (its `/api/ps`).
+    pub loaded: Vec<LoadedModel>,
+    /// Requests this process is forwarding to it now.
+    pub in_flight: u32,
+}
+
+impl Backend {
+    /// The 0.2.0 record: no models, no URL.
+    fn v2(self) -> v2::llamagate::policy::types::Backend {
+        v2::llamagate::policy::types::Backend {
+            id: self.id,
+            healthy: self.healthy,
+            reason: self.reason,
+            loaded: self.loaded,
+            in_flight: self.in_flight,
+        }
+    }
+}
+
+/// A component's exports, by the contract version it was built for.
+enum Bindings {
+    V1(v1::PolicyPlugin),
+    V2(v2::PolicyPlugin),
+}
+
+/// A component ready to instantiate, by contract version.
+enum Pre {
+    V1(v1::PolicyPluginPre<State>),
+    V2(v2::PolicyPluginPre<State>),
+}
 
 /// What a plugin may learn about the fleet during a call, answered by the
 /// host from what it knows now (the fleet implements it).
@@ -299,9 +350,13 @@ impl Runtime {
         .map_err(anyhow::Error::from)
         .context("linking wasi:io/streams")?;
         linker.allow_shadowing(false);
-        PolicyPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+        // Both contract versions' host interfaces (`host@0.1.0`, `host@0.2.0`).
+        v2::PolicyPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("linking the llamagate host interface")?;
+        v1::PolicyPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)
+            .context("linking the llamagate host interface, 0.1.0")?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
@@ -340,9 +395,16 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("plugin {name:?}: does not fit the llamagate:policy world"))?;
-        let pre = PolicyPluginPre::new(pre)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("plugin {name:?}: does not export llamagate:policy"))?;
+        let pre = match v2::PolicyPluginPre::new(pre.clone()) {
+            Ok(pre) => Pre::V2(pre),
+            Err(_) => Pre::V1(v1::PolicyPluginPre::new(pre).map_err(|_| {
+                anyhow!(
+                    "plugin {name:?}: does not export llamagate:policy/policy at a version \
+                     llamagate serves ({})",
+                    CONTRACTS.join(", ")
+                )
+            })?),
+        };
         let plugin = Plugin {
             inner: Arc::new(PluginInner {
                 name: name.to_string(),
@@ -399,6 +461,8 @@ struct State {
     body_handed: bool,
     plugin: Arc<str>,
     body: Bytes,
+    /// What the call may ask about the fleet (`host.backends-for`).
+    facts: Option<Arc<dyn Facts>>,
     /// The calling thread's CPU clock reading at which the current call's
     /// budget runs out.
     cpu_deadline: Duration,
@@ -455,9 +519,34 @@ impl wasmtime::ResourceLimiter for State {
     }
 }
 
-impl bindings::llamagate::policy::types::Host for State {}
+impl v2::llamagate::policy::types::Host for State {}
+impl v1::llamagate::policy::types::Host for State {}
 
-impl bindings::llamagate::policy::host::Host for State {
+impl v1::llamagate::policy::host::Host for State {
+    fn log(&mut self, level: v1::llamagate::policy::types::Level, message: String) {
+        v2::llamagate::policy::host::Host::log(self, level.into(), message)
+    }
+
+    fn request_body(&mut self) -> Vec<u8> {
+        v2::llamagate::policy::host::Host::request_body(self)
+    }
+}
+
+impl v2::llamagate::policy::host::Host for State {
+    fn backends_for(&mut self, model: String) -> Vec<v2::llamagate::policy::types::Backend> {
+        let Some(facts) = &self.facts else {
+            return Vec::new();
+        };
+        facts.serving(&model).into_iter().map(Backend::v2).collect()
+    }
+
+    fn all_backends(&mut self) -> Vec<v2::llamagate::policy::types::Backend> {
+        let Some(facts) = &self.facts else {
+            return Vec::new();
+        };
+        facts.all().into_iter().map(Backend::v2).collect()
+    }
+
     fn log(&mut self, level: Level, message: String) {
         let plugin = &*self.plugin;
         match level {
@@ -494,7 +583,7 @@ pub struct Plugin {
 struct PluginInner {
     name: String,
     runtime: Arc<Runtime>,
-    pre: PolicyPluginPre<State>,
+    pre: Pre,
     config: String,
     limits: Limits,
     slots: Arc<FairQueue>,
@@ -505,7 +594,7 @@ struct PluginInner {
 
 struct Instance {
     store: Store<State>,
-    bindings: PolicyPlugin,
+    bindings: Bindings,
 }
 
 impl Plugin {
@@ -547,19 +636,32 @@ impl Plugin {
             })
     }
 
+    /// The contract version the plugin was built for (`"0.2.0"`, `"0.1.0"`).
+    pub fn contract(&self) -> &'static str {
+        match self.inner.pre {
+            Pre::V1(_) => "0.1.0",
+            Pre::V2(_) => "0.2.0",
+        }
+    }
+
     /// Runs `on-request`. `body` is what `host.request-body` returns; `facts`
-    /// answers what the plugin asks about the fleet.
+    /// answers what the plugin asks about the fleet (a 0.1.0 plugin is handed
+    /// all of it).
     pub fn on_request(
         &self,
         req: &Request,
         facts: &Arc<dyn Facts>,
         body: &Bytes,
     ) -> Result<Decision, PluginError> {
-        let backends = facts.all();
         self.inner
-            .call(body, |store, b| {
-                b.llamagate_policy_policy()
-                    .call_on_request(store, req, &backends)
+            .call(body, Some(facts), |store, bindings| match bindings {
+                Bindings::V2(b) => b.llamagate_policy_policy().call_on_request(store, req),
+                Bindings::V1(b) => {
+                    let backends: Vec<_> = facts.all().into_iter().map(v1::backend).collect();
+                    b.llamagate_policy_policy()
+                        .call_on_request(store, &v1::request(req), &backends)
+                        .map(v1::decision)
+                }
             })
             .map_err(|err| match err {
                 PluginError::OutOfMemory {
@@ -581,10 +683,16 @@ impl Plugin {
         req: &Request,
         models: &[ListedModel],
     ) -> Result<Vec<ListedModel>, PluginError> {
-        self.inner.call(&Bytes::new(), |store, b| {
-            b.llamagate_policy_policy()
-                .call_list_models(store, req, models)
-        })
+        self.inner
+            .call(&Bytes::new(), None, |store, bindings| match bindings {
+                Bindings::V2(b) => b
+                    .llamagate_policy_policy()
+                    .call_list_models(store, req, models),
+                Bindings::V1(b) => b
+                    .llamagate_policy_policy()
+                    .call_list_models(store, &v1::request(req), &v1::listed_to_old(models))
+                    .map(v1::listed_from_old),
+            })
     }
 }
 
@@ -592,7 +700,8 @@ impl PluginInner {
     fn call<R>(
         &self,
         body: &Bytes,
-        f: impl FnOnce(&mut Store<State>, &PolicyPlugin) -> wasmtime::Result<R>,
+        facts: Option<&Arc<dyn Facts>>,
+        f: impl FnOnce(&mut Store<State>, &Bindings) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let idle = self.idle.lock().unwrap().pop();
         let mut instance = match idle {
@@ -601,6 +710,7 @@ impl PluginInner {
         };
         instance.store.data_mut().body = body.clone();
         instance.store.data_mut().body_handed = false;
+        instance.store.data_mut().facts = facts.cloned();
         State::arm(&mut instance.store, self.limits.time);
         // A host function that panics (one llamagate did not make safe for an
         // async worker) fails this call only; the instance is dropped.
@@ -616,6 +726,7 @@ impl PluginInner {
         match called {
             Ok(result) => {
                 instance.store.data_mut().body = Bytes::new();
+                instance.store.data_mut().facts = None;
                 let mut idle = self.idle.lock().unwrap();
                 if idle.len() < self.limits.concurrency {
                     idle.push(instance);
@@ -679,21 +790,28 @@ impl PluginInner {
             body_handed: false,
             plugin: Arc::from(self.name.as_str()),
             body: Bytes::new(),
+            facts: None,
             cpu_deadline: Duration::ZERO,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| s);
         store.epoch_deadline_callback(|store| Ok(store.data().on_deadline()));
         State::arm(&mut store, self.start_budget());
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.start_error(e, store.data().hit_memory_cap))?;
+        let bindings = match &self.pre {
+            Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
+            Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
+        }
+        .map_err(|e| self.start_error(e, store.data().hit_memory_cap))?;
         State::arm(&mut store, self.start_budget());
-        match bindings
-            .llamagate_policy_policy()
-            .call_init(&mut store, &self.config)
-        {
+        let init = match &bindings {
+            Bindings::V1(b) => b
+                .llamagate_policy_policy()
+                .call_init(&mut store, &self.config),
+            Bindings::V2(b) => b
+                .llamagate_policy_policy()
+                .call_init(&mut store, &self.config),
+        };
+        match init {
             Ok(Ok(())) => Ok(Instance { store, bindings }),
             Ok(Err(message)) => Err(PluginError::Start {
                 plugin: self.name.clone(),

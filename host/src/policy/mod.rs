@@ -211,6 +211,9 @@ pub struct Plan {
     pub remove_headers: Vec<HeaderName>,
     /// Backends to try in order, and the plugin that chose them.
     pub backends: Option<Choice>,
+    /// Who the request is for, as the last plugin that said so named it (a
+    /// key's or team's name): the fairness key from then on, and in the log.
+    pub principal: Option<String>,
     /// What each plugin did, when tracing.
     pub trace: Vec<String>,
 }
@@ -227,6 +230,7 @@ impl Plan {
             set_headers: Vec::new(),
             remove_headers: Vec::new(),
             backends: None,
+            principal: None,
             trace: Vec::new(),
         }
     }
@@ -309,6 +313,9 @@ impl Plan {
             self.set_headers.retain(|(n, _)| *n != parsed);
             self.set_headers.push((parsed, parsed_value));
         }
+        if let Some(principal) = edits.principal {
+            self.principal = Some(principal);
+        }
         if let Some(list) = edits.backends {
             req.route = Some(list.clone());
             self.backends = Some(Choice {
@@ -355,10 +362,12 @@ impl Chain {
         body: Bytes,
         trace: bool,
     ) -> Result<Outcome, GatewayError> {
-        let client = client_key(&request.client_addr);
+        let address = client_key(&request.client_addr);
         let mut plan = Plan::new(request, raw_options);
         for link in &self.links {
-            let result = match link.plugin.admit(&client).await {
+            // Fair by who the request is for once a plugin has said so.
+            let client = plan.principal.as_deref().unwrap_or(&address);
+            let result = match link.plugin.admit(client).await {
                 Ok(slot) => match ready(&link.plugin).await {
                     Ok(()) => {
                         let result = link.plugin.on_request(&plan.request, &facts, &body);
@@ -530,6 +539,9 @@ fn describe(plugin: &str, edits: &Edits) -> String {
     }
     if let Some(b) = &edits.backends {
         parts.push(format!("backends=[{}]", b.join(",")));
+    }
+    if let Some(p) = &edits.principal {
+        parts.push(format!("principal={p}"));
     }
     if parts.is_empty() {
         format!("{plugin}: pass")

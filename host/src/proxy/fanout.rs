@@ -161,8 +161,8 @@ async fn ask_all(
             async move {
                 let result = upstream.get_json::<Value>(&**backend, path, timeout).await;
                 match &result {
-                    Ok(_) => backend.set_healthy(true),
-                    Err(e) if e.failure.blames_backend() => backend.set_healthy(false),
+                    Ok(_) => backend.set_healthy(),
+                    Err(e) if e.failure.blames_backend() => backend.set_unhealthy(&e.failure),
                     Err(_) => {}
                 }
                 (backend.id.clone(), result)

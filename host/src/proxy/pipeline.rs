@@ -103,6 +103,7 @@ async fn serve(
         return Ok(explained(response, trace, None));
     }
     record.model_served = plan.request.model.clone();
+    record.principal = plan.principal.clone();
     let candidates = admit(&generation.fleet, &plan, read.classified.endpoint)?;
     let outgoing = Outgoing::of(read, upload, &plan, client)?;
     let change = model_change::change_of(
@@ -445,7 +446,7 @@ pub async fn forward(
             .await;
         match sent {
             Ok(response) => {
-                backend.set_healthy(true);
+                backend.set_healthy();
                 tracing::debug!(backend = %backend.id, path = %outgoing.path, status = %response.status(), "forwarded");
                 return Ok((response, backend, in_flight));
             }
@@ -454,11 +455,13 @@ pub async fn forward(
                 // Only an unreachable backend is passed over: once connected,
                 // the backend may have acted on the request.
                 let unreachable = matches!(failure, Failure::Unreachable(_));
+                if unreachable {
+                    backend.set_unhealthy(&failure);
+                }
                 attempts.0.push(BackendError::at(&*backend, failure));
                 if !unreachable {
                     break;
                 }
-                backend.set_healthy(false);
             }
         }
     }
@@ -509,6 +512,8 @@ pub struct Record {
     pub model_asked: Option<String>,
     /// The model the backend was asked for, after the policy.
     pub model_served: Option<String>,
+    /// Who the request is for, as the policy named it.
+    pub principal: Option<String>,
     /// The backend that answered.
     pub backend: Option<String>,
     /// Backends tried that failed, in order.
@@ -524,6 +529,7 @@ impl Record {
             style: ApiStyle::Ollama,
             model_asked: None,
             model_served: None,
+            principal: None,
             backend: None,
             attempts: Attempts::default(),
         }
@@ -538,6 +544,7 @@ pub fn finish(record: Record, response: Response<ResponseBody>) -> Response<Resp
         endpoint = ?record.endpoint,
         model = record.model_asked.as_deref().unwrap_or(""),
         served = record.model_served.as_deref().unwrap_or(""),
+        principal = record.principal.as_deref().unwrap_or(""),
         backend = record.backend.as_deref().unwrap_or(""),
         failed_attempts = record.attempts.0.len(),
         status = response.status().as_u16(),

@@ -279,6 +279,70 @@ async fn memory_hogs_do_not_grow_the_proxy() {
     );
 }
 
+/// A plugin built for `llamagate:policy@0.1.0` (plain wit-bindgen, the whole
+/// fleet passed to `on-request`) keeps working beside 0.2.0 ones.
+#[tokio::test]
+async fn a_plugin_built_for_0_1_0_keeps_working() {
+    let a = backend(&["llama3.2"]).await;
+    let b = backend(&["qwen2.5:14b", "mistral"]).await;
+    let v1 = component("v1-policy-fixture");
+    let proxy = Proxy::with_config(
+        &format!(
+            r#"
+            explain = true
+            [connections]
+            a = "{}"
+            b = "{}"
+            [[plugins]]
+            name = "old"
+            path = "{}"
+            "#,
+            a.url(),
+            b.url(),
+            v1.display()
+        ),
+        &[],
+    );
+    // Its list-models runs too (and the listing shows the fleet is probed).
+    let names = loop {
+        let tags = get(&format!("{}/api/tags", proxy.url)).await.json();
+        let names: Vec<String> = tags["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        if names.len() == 3 {
+            break names;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        names.contains(&"v1-llama3.2:latest".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"v1-mistral:latest".to_string()),
+        "{names:?}"
+    );
+
+    let r = post(
+        &format!("{}/api/chat", proxy.url),
+        &json!({"model":"llama3.2","messages":[],"stream":false}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let header = r
+        .header(llamagate::proxy::pipeline::DECISION_HEADER)
+        .unwrap();
+    // It was handed both backends, with their three models and URLs.
+    assert!(
+        header.contains("old: header x-v1-seen backends=[a]"),
+        "{header}"
+    );
+    assert!(header.ends_with("served by a"), "{header}");
+}
+
 #[tokio::test]
 async fn explain_header_says_who_decided_what() {
     let (_a, proxy) = hostile_fleet("").await;
@@ -385,7 +449,16 @@ async fn plugin_check_says_what_is_wrong() {
     let hostile = component("hostile-fixture");
     let (ok, out) = llamagate(&["plugin", "check", hostile.to_str().unwrap()]);
     assert!(ok, "{out}");
-    assert!(out.contains("implements llamagate:policy@0.1.0"), "{out}");
+    assert!(out.contains("implements llamagate:policy@0.2.0"), "{out}");
+    let v1 = component("v1-policy-fixture");
+    let (ok, out) = llamagate(&["plugin", "check", v1.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("implements llamagate:policy@0.1.0"),
+        "{out}"
+    );
+    let not_a_policy = write_temp("p.wasm", "\0asm\u{d}\0\u{1}\0");
+    let (ok, out) = llamagate(&["plugin", "check", not_a_policy.to_str().unwrap()]);
+    assert!(!ok, "{out}");
 
     let config = write_temp("c.json", r#"{"fail_init":"tokens missing"}"#);
     let (ok, out) = llamagate(&[
