@@ -13,7 +13,7 @@ use llamagate::api::endpoint::Row;
 use std::sync::Arc;
 
 use llamagate::plugin::{
-    Backend, Endpoint, Facts, Header, Limits, LoadedModel, Plugin, Request, Runtime,
+    Backend, Endpoint, Facts, Header, Limits, LoadedModel, Plugin, Request, Runtime, Snapshot,
 };
 use llamagate::policy::{Chain, Outcome};
 
@@ -68,16 +68,20 @@ fn request(body: &Bytes) -> (Request, BTreeMap<String, String>) {
     (request, raw)
 }
 
-/// `n` backends serving `models` models each; all serve `llama3.2`.
-fn fleet(n: u32, models: usize) -> Vec<Backend> {
+/// `n` backends serving `models` models each. With `everywhere`, every one
+/// serves `llama3.2`; otherwise only `gpu-01` and `gpu-02` do (as the config
+/// maps it) and the rest serve other models, as in a real fleet.
+fn fleet(n: u32, models: usize, everywhere: bool) -> Vec<Backend> {
     (1..=n)
         .map(|i| Backend {
             id: format!("gpu-{i:02}"),
             url: format!("http://gpu-{i:02}:11434"),
             healthy: true,
             reason: None,
-            models: std::iter::once("llama3.2:latest".to_string())
-                .chain((1..models).map(|m| format!("model-{m}:latest")))
+            models: (i <= 2 || everywhere)
+                .then(|| "llama3.2:latest".to_string())
+                .into_iter()
+                .chain((1..models).map(|m| format!("model-{}:latest", (i as usize * 7 + m) % 200)))
                 .collect(),
             loaded: vec![LoadedModel {
                 name: "llama3.2:latest".into(),
@@ -109,8 +113,9 @@ fn bench(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
     let body = body();
     let (request, raw) = request(&body);
-    let backends: Arc<dyn Facts> = Arc::new(fleet(4, 4));
-    let large: Arc<dyn Facts> = Arc::new(fleet(50, 20));
+    let backends: Arc<dyn Facts> = Arc::new(Snapshot::new(fleet(4, 4, false)));
+    let large: Arc<dyn Facts> = Arc::new(Snapshot::new(fleet(50, 20, false)));
+    let everywhere: Arc<dyn Facts> = Arc::new(Snapshot::new(fleet(50, 20, true)));
 
     let mut group = c.benchmark_group("chat request");
     group.bench_function("peek body fields", |b| {
@@ -134,6 +139,16 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    group.bench_function(
+        "decide, chain of 1, 50 backends x 20 models, all 50 serve it",
+        |b| {
+            b.iter(|| {
+                chain
+                    .decide_blocking(request.clone(), raw.clone(), &everywhere, &body, false)
+                    .unwrap()
+            })
+        },
+    );
     let Outcome::Forward(plan) = chain
         .decide_blocking(request.clone(), raw.clone(), &backends, &body, false)
         .unwrap()

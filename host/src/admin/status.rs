@@ -114,6 +114,7 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
                 "id": b.id,
                 "url": b.url,
                 "healthy": b.healthy,
+                "reason": b.reason,
                 "in_flight": b.in_flight,
                 "models": b.models,
                 "loaded": b.loaded.iter().map(|l| json!({
@@ -128,6 +129,9 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
         "version": env!("CARGO_PKG_VERSION"),
         "generation": generation.number,
         "plugins": generation.chain.names(),
+        "contracts": generation.chain.contracts().into_iter()
+            .map(|(name, version)| json!({"plugin": name, "contract": version}))
+            .collect::<Vec<_>>(),
         "shadow": generation.shadow.as_ref().map(|s| json!({
             "plugins": s.names(),
             "decided": stats.decided.load(Ordering::Relaxed),

@@ -180,7 +180,8 @@ fn replay(
         client: entry.client.clone(),
         limits: intake::ViewLimits::default(),
     })?;
-    let facts: std::sync::Arc<dyn crate::plugin::Facts> = std::sync::Arc::new(fleet.views());
+    let facts: std::sync::Arc<dyn crate::plugin::Facts> =
+        std::sync::Arc::new(crate::plugin::Snapshot::new(fleet.views()));
     let outcome =
         chain.decide_blocking(intake.view, intake.raw_options, &facts, &body.into(), true)?;
     let trace = outcome.trace().join("; ");

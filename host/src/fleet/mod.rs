@@ -275,13 +275,24 @@ impl Fleet {
         self.backends.iter().map(|b| b.view()).collect()
     }
 
-    /// Snapshots of the backends that serve `model` (by Ollama's name rules).
+    /// Snapshots of the backends that serve `model` (by Ollama's name rules),
+    /// without their model lists ([`crate::plugin::Facts::serving`]).
     pub fn serving(&self, model: &str) -> Vec<Backend> {
         let key = names::key(model);
         self.backends
             .iter()
-            .filter(|b| b.seen.read().unwrap().keys.contains(&key))
-            .map(|b| b.view())
+            .filter_map(|b| {
+                let seen = b.seen.read().unwrap();
+                seen.keys.contains(&key).then(|| Backend {
+                    id: b.id.clone(),
+                    url: b.url.clone(),
+                    healthy: b.healthy(),
+                    reason: b.reason(),
+                    models: Vec::new(),
+                    loaded: seen.loaded.clone(),
+                    in_flight: b.in_flight.load(Ordering::Relaxed),
+                })
+            })
             .collect()
     }
 

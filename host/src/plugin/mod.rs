@@ -131,22 +131,50 @@ enum Pre {
 pub trait Facts: Send + Sync {
     /// Every backend with the models it serves, in configuration order.
     fn all(&self) -> Vec<Backend>;
-    /// The backends that serve `model` (Ollama's name rules), in configuration order.
+    /// The backends that serve `model` (Ollama's name rules), in configuration
+    /// order, with `models` left empty: 0.2.0 plugins are not handed them, and
+    /// copying them was the cost that grew with the fleet.
     fn serving(&self, model: &str) -> Vec<Backend>;
 }
 
-impl Facts for Vec<Backend> {
-    fn all(&self) -> Vec<Backend> {
-        self.clone()
-    }
-    fn serving(&self, model: &str) -> Vec<Backend> {
-        self.iter()
-            .filter(|b| {
+/// A fixed set of backends answering [`Facts`] (for replay and benchmarks;
+/// the live fleet answers from its own state). Model names are indexed by
+/// their normalised form once, as the fleet does.
+pub struct Snapshot {
+    backends: Vec<Backend>,
+    keys: Vec<std::collections::HashSet<String>>,
+}
+
+impl Snapshot {
+    /// The facts `backends` give.
+    pub fn new(backends: Vec<Backend>) -> Snapshot {
+        let keys = backends
+            .iter()
+            .map(|b| {
                 b.models
                     .iter()
-                    .any(|m| llamagate_sdk::names::same(m, model))
+                    .map(|m| llamagate_sdk::names::key(m))
+                    .collect()
             })
-            .cloned()
+            .collect();
+        Snapshot { backends, keys }
+    }
+}
+
+impl Facts for Snapshot {
+    fn all(&self) -> Vec<Backend> {
+        self.backends.clone()
+    }
+    fn serving(&self, model: &str) -> Vec<Backend> {
+        let key = llamagate_sdk::names::key(model);
+        self.backends
+            .iter()
+            .zip(&self.keys)
+            .filter(|(_, keys)| keys.contains(&key))
+            .map(|(b, _)| Backend {
+                models: Vec::new(),
+                ..b.clone()
+            })
             .collect()
     }
 }

@@ -346,6 +346,14 @@ impl Chain {
         )
     }
 
+    /// Each plugin's name and the contract version it was built for, in order.
+    pub fn contracts(&self) -> Vec<(&str, &'static str)> {
+        self.links
+            .iter()
+            .map(|l| (l.plugin.name(), l.plugin.contract()))
+            .collect()
+    }
+
     /// The plugins' names, in order.
     pub fn names(&self) -> Vec<&str> {
         self.links.iter().map(|l| l.plugin.name()).collect()
