@@ -1,7 +1,8 @@
 //! The endpoint table: every fact about an Ollama endpoint in one row — its
-//! path and methods, how llamagate handles it, which API's error shape it
-//! speaks, which body fields Ollama's struct has for it, where the model is,
-//! and whether it streams by default — and [`classify`], which reads a
+//! path and methods, how llamagate handles it (and, for a listing, how the
+//! backends' answers merge), which API's error shape it speaks, where the
+//! model is, which body fields Ollama's struct has for it, and whether it
+//! streams by default — and [`classify`], which reads a
 //! request's method and path the way Ollama's router does
 //! (see [`crate::api`]).
 
@@ -15,13 +16,28 @@ pub use crate::plugin::Endpoint;
 pub enum Handling {
     /// Answered by llamagate itself (`/`).
     Local,
-    /// Sent to every backend, answers merged.
-    FanOut,
+    /// Sent to every backend, answers merged as [`Merge`] says.
+    FanOut(Merge),
     /// Sent to one backend chosen by the policy; the body is read and inspected.
     Route,
     /// Sent to one backend chosen by the policy; the body streams through unread
     /// (blob uploads can be gigabytes).
     RouteStreaming,
+}
+
+/// How the backends' answers to a listing become one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// `{"version": ...}`: the lowest version any backend reports.
+    LowestVersion,
+    /// A list of models under `list`, each named by its `name` field:
+    /// concatenated without duplicates (names compared as Ollama does).
+    Models {
+        /// The key of the list (`models`, `data`).
+        list: &'static str,
+        /// The key naming each entry (`name`, `id`).
+        name: &'static str,
+    },
 }
 
 /// The error shape a client of this endpoint understands.
@@ -89,6 +105,8 @@ pub struct Row {
     pub methods: &'static [Method],
     /// How llamagate serves it.
     pub handling: Handling,
+    /// The error shape its clients understand.
+    pub style: ApiStyle,
     /// Where the model is named.
     pub model: ModelAt,
     /// Fields of Ollama's request struct that llamagate reads (besides the
@@ -111,13 +129,29 @@ const INFERENCE: &[&str] = &["options", "keep_alive", "stream"];
 const EMBEDDING: &[&str] = &["options", "keep_alive"];
 const STREAM: &[&str] = &["stream"];
 
+const TAGS: Handling = Handling::FanOut(Merge::Models {
+    list: "models",
+    name: "name",
+});
+const DATA: Handling = Handling::FanOut(Merge::Models {
+    list: "data",
+    name: "id",
+});
+const VERSION: Handling = Handling::FanOut(Merge::LowestVersion);
+const LOCAL: Handling = Handling::Local;
+const ROUTE: Handling = Handling::Route;
+const UPLOAD: Handling = Handling::RouteStreaming;
+const OLLAMA: ApiStyle = ApiStyle::Ollama;
+const OPENAI: ApiStyle = ApiStyle::OpenAi;
+
 macro_rules! row {
-    ($e:ident, $p:expr, $m:expr, $h:ident, $model:expr, $f:expr, $s:ident) => {
+    ($e:ident, $p:expr, $m:expr, $h:expr, $st:expr, $model:expr, $f:expr, $s:ident) => {
         Row {
             endpoint: Endpoint::$e,
             pattern: $p,
             methods: $m,
-            handling: Handling::$h,
+            handling: $h,
+            style: $st,
             model: $model,
             fields: $f,
             streams: Streams::$s,
@@ -129,37 +163,39 @@ use Pattern::{Exact, Param};
 
 /// Every endpoint llamagate knows, as Ollama's `server/routes.go` routes them
 /// and `api/types.go` (and `openai/`) decode them. Columns: endpoint, path,
-/// methods, handling, where the model is, other fields read, streaming default.
+/// methods, handling (a listing: how answers merge), error style, where the
+/// model is, other fields read, streaming default.
 #[rustfmt::skip]
 pub static TABLE: &[Row] = &[
-    row!(Root,              Exact("/"),                    GET_HEAD, Local,          ModelAt::None, &[], Never),
-    row!(Version,           Exact("/api/version"),         GET_HEAD, FanOut,         ModelAt::None, &[], Never),
-    row!(Tags,              Exact("/api/tags"),            GET_HEAD, FanOut,         ModelAt::None, &[], Never),
-    row!(Ps,                Exact("/api/ps"),              GET,      FanOut,         ModelAt::None, &[], Never),
-    row!(Show,              Exact("/api/show"),            POST,     Route,          MODEL_OR_NAME, &["options"], Never),
-    row!(Generate,          Exact("/api/generate"),        POST,     Route,          MODEL,         INFERENCE, UnlessFalse),
-    row!(Chat,              Exact("/api/chat"),            POST,     Route,          MODEL,         INFERENCE, UnlessFalse),
-    row!(Embed,             Exact("/api/embed"),           POST,     Route,          MODEL,         EMBEDDING, Never),
-    row!(Embeddings,        Exact("/api/embeddings"),      POST,     Route,          MODEL,         EMBEDDING, Never),
-    row!(Pull,              Exact("/api/pull"),            POST,     Route,          MODEL_OR_NAME, STREAM, UnlessFalse),
-    row!(Push,              Exact("/api/push"),            POST,     Route,          MODEL_OR_NAME, STREAM, UnlessFalse),
-    row!(Create,            Exact("/api/create"),          POST,     Route,          MODEL_OR_NAME, &["stream", "from"], UnlessFalse),
-    row!(Copy,              Exact("/api/copy"),            POST,     Route,          ModelAt::Body(&["source"]), &["destination"], Never),
-    row!(Delete,            Exact("/api/delete"),          DELETE,   Route,          MODEL_OR_NAME, &[], Never),
-    row!(Blobs,             Param("/api/blobs/"),          HEAD_POST, RouteStreaming, ModelAt::None, &[], Never),
-    row!(OpenaiChat,        Exact("/v1/chat/completions"), POST,     Route,          MODEL,         STREAM, IfTrue),
-    row!(OpenaiCompletions, Exact("/v1/completions"),      POST,     Route,          MODEL,         STREAM, IfTrue),
-    row!(OpenaiEmbeddings,  Exact("/v1/embeddings"),       POST,     Route,          MODEL,         &[], Never),
-    row!(OpenaiModels,      Exact("/v1/models"),           GET,      FanOut,         ModelAt::None, &[], Never),
-    row!(OpenaiModel,       Param("/v1/models/"),          GET,      Route,          ModelAt::Path, &[], Never),
-    row!(OpenaiResponses,   Exact("/v1/responses"),        POST,     Route,          MODEL,         STREAM, IfTrue),
-    row!(OpenaiMessages,    Exact("/v1/messages"),         POST,     Route,          MODEL,         STREAM, IfTrue),
+    row!(Root,              Exact("/"),                    GET_HEAD,  LOCAL,   OLLAMA, ModelAt::None, &[], Never),
+    row!(Version,           Exact("/api/version"),         GET_HEAD,  VERSION, OLLAMA, ModelAt::None, &[], Never),
+    row!(Tags,              Exact("/api/tags"),            GET_HEAD,  TAGS,    OLLAMA, ModelAt::None, &[], Never),
+    row!(Ps,                Exact("/api/ps"),              GET,       TAGS,    OLLAMA, ModelAt::None, &[], Never),
+    row!(Show,              Exact("/api/show"),            POST,      ROUTE,   OLLAMA, MODEL_OR_NAME, &["options"], Never),
+    row!(Generate,          Exact("/api/generate"),        POST,      ROUTE,   OLLAMA, MODEL,         INFERENCE, UnlessFalse),
+    row!(Chat,              Exact("/api/chat"),            POST,      ROUTE,   OLLAMA, MODEL,         INFERENCE, UnlessFalse),
+    row!(Embed,             Exact("/api/embed"),           POST,      ROUTE,   OLLAMA, MODEL,         EMBEDDING, Never),
+    row!(Embeddings,        Exact("/api/embeddings"),      POST,      ROUTE,   OLLAMA, MODEL,         EMBEDDING, Never),
+    row!(Pull,              Exact("/api/pull"),            POST,      ROUTE,   OLLAMA, MODEL_OR_NAME, STREAM, UnlessFalse),
+    row!(Push,              Exact("/api/push"),            POST,      ROUTE,   OLLAMA, MODEL_OR_NAME, STREAM, UnlessFalse),
+    row!(Create,            Exact("/api/create"),          POST,      ROUTE,   OLLAMA, MODEL_OR_NAME, &["stream", "from"], UnlessFalse),
+    row!(Copy,              Exact("/api/copy"),            POST,      ROUTE,   OLLAMA, ModelAt::Body(&["source"]), &["destination"], Never),
+    row!(Delete,            Exact("/api/delete"),          DELETE,    ROUTE,   OLLAMA, MODEL_OR_NAME, &[], Never),
+    row!(Blobs,             Param("/api/blobs/"),          HEAD_POST, UPLOAD,  OLLAMA, ModelAt::None, &[], Never),
+    row!(OpenaiChat,        Exact("/v1/chat/completions"), POST,      ROUTE,   OPENAI, MODEL,         STREAM, IfTrue),
+    row!(OpenaiCompletions, Exact("/v1/completions"),      POST,      ROUTE,   OPENAI, MODEL,         STREAM, IfTrue),
+    row!(OpenaiEmbeddings,  Exact("/v1/embeddings"),       POST,      ROUTE,   OPENAI, MODEL,         &[], Never),
+    row!(OpenaiModels,      Exact("/v1/models"),           GET,       DATA,    OPENAI, ModelAt::None, &[], Never),
+    row!(OpenaiModel,       Param("/v1/models/"),          GET,       ROUTE,   OPENAI, ModelAt::Path, &[], Never),
+    row!(OpenaiResponses,   Exact("/v1/responses"),        POST,      ROUTE,   OPENAI, MODEL,         STREAM, IfTrue),
+    row!(OpenaiMessages,    Exact("/v1/messages"),         POST,      ROUTE,   OPENAI, MODEL,         STREAM, IfTrue),
     // Not in the WIT contract's `endpoint` enum (0.1.0, 0.2.0): plugins see `other`, with the model.
-    row!(Other,             Exact("/v1/audio/transcriptions"), POST, Route,          ModelAt::Form, &[], Never),
+    row!(Other,             Exact("/v1/audio/transcriptions"), POST,  ROUTE,   OPENAI, ModelAt::Form, &[], Never),
 ];
 
 /// The row of any other path: forwarded, by `model` when the body has one.
-pub static OTHER: Row = row!(Other, Exact(""), &[], Route, MODEL, &[], Never);
+/// Its error style follows the path: OpenAI's under `/v1/`, else Ollama's.
+pub static OTHER: Row = row!(Other, Exact(""), &[], ROUTE, OLLAMA, MODEL, &[], Never);
 
 impl Row {
     /// The row of `endpoint`.
@@ -168,6 +204,15 @@ impl Row {
             .iter()
             .find(|r| r.endpoint == endpoint && endpoint != Endpoint::Other)
             .unwrap_or(&OTHER)
+    }
+
+    /// The path of a row matched exactly (a listing's, say); `None` for a
+    /// parameter route.
+    pub fn exact_path(&self) -> Option<&'static str> {
+        match self.pattern {
+            Exact(p) => Some(p),
+            Param(_) => None,
+        }
     }
 
     /// What the pattern captures from `path`: `Some("")` for an exact match,
@@ -256,7 +301,9 @@ pub fn classify(
 
 fn classified(row: &'static Row, decoded: &[u8], path_model: Option<String>) -> Classified {
     let path = String::from_utf8_lossy(decoded).into_owned();
-    let style = if decoded.starts_with(b"/v1/") {
+    let style = if !std::ptr::eq(row, &OTHER) {
+        row.style
+    } else if decoded.starts_with(b"/v1/") {
         ApiStyle::OpenAi
     } else {
         ApiStyle::Ollama
@@ -299,6 +346,19 @@ pub fn streams_by_default(endpoint: Endpoint) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listing_has_a_path_and_every_v1_route_speaks_openai() {
+        for row in TABLE {
+            if matches!(row.handling, Handling::FanOut(_)) {
+                assert!(row.exact_path().is_some(), "{:?}", row.endpoint);
+            }
+            if let Some(path) = row.exact_path() {
+                let openai = path.starts_with("/v1/");
+                assert_eq!(row.style == ApiStyle::OpenAi, openai, "{path}");
+            }
+        }
+    }
 
     fn endpoint(method: Method, path: &str) -> Endpoint {
         classify(&method, path, None).unwrap().endpoint

@@ -71,7 +71,7 @@ pub fn prepare(incoming: Incoming<'_>) -> Result<Intake, GatewayError> {
     let style = classified.style;
     let row = classified.row;
     let peeked = match classified.handling {
-        Handling::FanOut | Handling::RouteStreaming | Handling::Local => body::Peeked::default(),
+        Handling::FanOut(_) | Handling::RouteStreaming | Handling::Local => body::Peeked::default(),
         Handling::Route if row.model == ModelAt::Form => {
             refuse_encoded_body(incoming.headers, incoming.body)
                 .map_err(|e| body_error(e, style))?;

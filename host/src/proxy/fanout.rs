@@ -17,7 +17,7 @@ use http::StatusCode;
 use llamagate_sdk::names;
 use serde_json::{json, Value};
 
-use crate::api::endpoint::Endpoint;
+use crate::api::endpoint::{Endpoint, Merge, Row};
 use crate::api::error::json as json_response;
 use crate::api::error::{GatewayError, Unanswered};
 use crate::fleet::BackendState;
@@ -28,19 +28,21 @@ use crate::proxy::state::Gateway;
 use crate::upstream::Attempts;
 use crate::ResponseBody;
 
-/// Serves a fan-out endpoint.
+/// Serves a fan-out endpoint, merging the answers as its row of the endpoint
+/// table says (`merge`).
 pub async fn serve(
     gateway: &Gateway,
     generation: &Generation,
     request: &Request,
+    merge_as: Merge,
     head: bool,
 ) -> Result<http::Response<ResponseBody>, GatewayError> {
-    let (path, list_key, name_key) = match request.endpoint {
-        Endpoint::Version => ("/api/version", "", ""),
-        Endpoint::Tags => ("/api/tags", "models", "name"),
-        Endpoint::Ps => ("/api/ps", "models", "name"),
-        Endpoint::OpenaiModels => ("/v1/models", "data", "id"),
-        other => unreachable!("{other:?} is not a fan-out endpoint"),
+    let path = Row::of(request.endpoint).exact_path().ok_or_else(|| {
+        GatewayError::Internal(format!("{:?} has no listing path", request.endpoint))
+    })?;
+    let (list_key, name_key) = match merge_as {
+        Merge::LowestVersion => ("", ""),
+        Merge::Models { list, name } => (list, name),
     };
     let listing = match request.endpoint {
         Endpoint::Version => Listing::Version,
@@ -53,10 +55,12 @@ pub async fn serve(
         .listings
         .get(listing, || async {
             let answers = ask_all(gateway, generation, path).await?;
-            if listing == Listing::Version {
-                return lowest_version(&answers).map(MergedListing::Version);
+            match merge_as {
+                Merge::LowestVersion => lowest_version(&answers).map(MergedListing::Version),
+                Merge::Models { .. } => {
+                    Ok(MergedListing::Models(merge(&answers, list_key, name_key)))
+                }
             }
-            Ok(MergedListing::Models(merge(&answers, list_key, name_key)))
         })
         .await?;
     let merged = match &*fetched {
@@ -96,9 +100,10 @@ pub async fn serve(
             Some(item)
         })
         .collect();
-    let body = match request.endpoint {
-        Endpoint::OpenaiModels => json!({ "object": "list", "data": items }),
-        _ => json!({ "models": items }),
+    let body = match list_key {
+        // OpenAI's list object.
+        "data" => json!({ "object": "list", "data": items }),
+        _ => json!({ list_key: items }),
     };
     Ok(json_response(StatusCode::OK, &body, head))
 }

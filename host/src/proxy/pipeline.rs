@@ -96,10 +96,10 @@ async fn serve(
         }
         Outcome::Forward(plan) => plan,
     };
-    if read.classified.handling == Handling::FanOut {
+    if let Handling::FanOut(merge) = read.classified.handling {
         let head = read.method == Method::HEAD;
         let view = read.listing_view.as_ref().unwrap_or(&plan.request);
-        let response = crate::proxy::fanout::serve(gateway, &generation, view, head).await?;
+        let response = crate::proxy::fanout::serve(gateway, &generation, view, merge, head).await?;
         return Ok(explained(response, trace, None));
     }
     record.model_served = plan.request.model.clone();
@@ -220,7 +220,8 @@ pub async fn read(
         client: client.to_string(),
         limits: settings.view_limits,
     })?;
-    let listing_view = (classified.handling == Handling::FanOut).then(|| intake.view.clone());
+    let listing_view =
+        matches!(classified.handling, Handling::FanOut(_)).then(|| intake.view.clone());
     let read = Read {
         classified,
         method: parts.method,
