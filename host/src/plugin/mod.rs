@@ -5,8 +5,10 @@
 //!   interruption, `concurrency_support(false)`), one `Linker`, one ticker thread.
 //! - A [`Plugin`] is a compiled component plus its config. It keeps a pool of idle
 //!   instances, each in its own `Store` and already `init`-ed with the config.
-//!   At most `concurrency` instances are kept idle, so a burst does not leave
-//!   hundreds behind.
+//!   At most `concurrency` instances, and no more than one per CPU (calls run
+//!   inline on the async workers, so no more are ever busy at once), are kept
+//!   idle, so a burst does not leave hundreds behind and several plugins plus
+//!   a shadow chain cannot exhaust the engine's instance pool.
 //! - A call first takes one of the plugin's `concurrency` call slots
 //!   ([`Plugin::admit`]: waiting, fairly across clients, up to `max_wait`), then
 //!   takes an idle instance (or makes one), arms its deadline, calls, and gives
@@ -283,7 +285,8 @@ pub struct Limits {
     pub time: Duration,
     /// Bytes of linear memory one instance may use.
     pub memory: usize,
-    /// Calls of this plugin at once (also the most idle instances kept).
+    /// Calls of this plugin admitted at once (idle instances kept: at most
+    /// this, and at most one per CPU).
     pub concurrency: usize,
     /// How long a request may wait for a free call slot before it is refused.
     pub max_wait: Duration,
@@ -642,7 +645,7 @@ impl Plugin {
     pub fn warm(&self) -> Result<(), PluginError> {
         let instance = self.inner.start()?;
         let mut idle = self.inner.idle.lock().unwrap();
-        if idle.len() < self.inner.limits.concurrency {
+        if idle.len() < self.inner.idle_cap() {
             idle.push(instance);
         }
         Ok(())
@@ -725,6 +728,14 @@ impl Plugin {
 }
 
 impl PluginInner {
+    /// Idle instances kept: calls run inline on the async workers, so no more
+    /// than one per worker thread (at most one per CPU) is ever busy at once,
+    /// and never more than `concurrency`.
+    fn idle_cap(&self) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        self.limits.concurrency.min(cpus.max(2))
+    }
+
     fn call<R>(
         &self,
         body: &Bytes,
@@ -756,7 +767,7 @@ impl PluginInner {
                 instance.store.data_mut().body = Bytes::new();
                 instance.store.data_mut().facts = None;
                 let mut idle = self.idle.lock().unwrap();
-                if idle.len() < self.limits.concurrency {
+                if idle.len() < self.idle_cap() {
                     idle.push(instance);
                 }
                 Ok(result)
