@@ -22,6 +22,7 @@
 //! reload: a request holds the generation it started with until it ends.
 //! An error in any phase becomes the client's answer in its API's style.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,9 +83,9 @@ async fn serve(
         return Ok(local(request.method()));
     }
     let generation = gateway.current();
-    let (read, upload) = read(gateway, &generation, request, client, classified).await?;
-    record.model_asked = read.intake.view.model.clone();
-    let (outcome, trace) = decide(gateway, &generation, &read).await?;
+    let (mut read, upload) = read(gateway, &generation, request, client, classified).await?;
+    record.model_asked = read.view.as_ref().and_then(|v| v.model.clone());
+    let (outcome, trace) = decide(gateway, &generation, &mut read).await?;
     let plan = match outcome {
         Outcome::Respond { plugin, reply, .. } => {
             tracing::info!(plugin, status = reply.status, path = %read.classified.path, "policy answered");
@@ -169,8 +170,14 @@ pub struct Read {
     pub headers: HeaderMap,
     /// The whole body (empty when it streams: a blob upload).
     pub bytes: Bytes,
-    /// The view plugins decide on, and what is needed to apply their edits.
-    pub intake: Intake,
+    /// The view plugins decide on (taken by [`decide`]).
+    pub view: Option<crate::plugin::Request>,
+    /// The original JSON text of each option (taken by [`decide`]).
+    pub raw_options: BTreeMap<String, String>,
+    /// The body field that named the model, to rewrite it.
+    pub model_field: Option<&'static str>,
+    /// For a form body: where the model's value is, to rewrite it.
+    pub form_model: Option<std::ops::Range<usize>>,
     /// For listings: the view as the client sent it (on-request edits, a
     /// stripped token say, must not hide it from `list-models`).
     pub listing_view: Option<crate::plugin::Request>,
@@ -220,15 +227,23 @@ pub async fn read(
         client: client.to_string(),
         limits: settings.view_limits,
     })?;
-    let listing_view =
-        matches!(classified.handling, Handling::FanOut(_)).then(|| intake.view.clone());
+    let Intake {
+        view,
+        raw_options,
+        model_field,
+        form_model,
+    } = intake;
+    let listing_view = matches!(classified.handling, Handling::FanOut(_)).then(|| view.clone());
     let read = Read {
         classified,
         method: parts.method,
         raw_path,
         headers: parts.headers,
         bytes,
-        intake,
+        view: Some(view),
+        raw_options,
+        model_field,
+        form_model,
         listing_view,
     };
     Ok((read, upload))
@@ -243,28 +258,28 @@ pub async fn read(
 pub async fn decide(
     gateway: &Gateway,
     generation: &Generation,
-    read: &Read,
+    read: &mut Read,
 ) -> Result<(Outcome, Option<String>), GatewayError> {
     let explain = generation.settings.explain;
     let facts: Arc<dyn Facts> = generation.fleet.clone();
+    let view = read
+        .view
+        .take()
+        .ok_or_else(|| GatewayError::Internal("a request was decided twice".into()))?;
+    let raw_options = std::mem::take(&mut read.raw_options);
+    // The shadow chain decides the request as the live chain got it.
+    let shadow = generation.shadow.as_ref().map(|chain| ShadowInput {
+        chain: chain.clone(),
+        view: view.clone(),
+        raw_options: raw_options.clone(),
+        fleet: facts.clone(),
+        body: read.bytes.clone(),
+    });
     let outcome = generation
         .chain
-        .decide(
-            read.intake.view.clone(),
-            read.intake.raw_options.clone(),
-            facts.clone(),
-            read.bytes.clone(),
-            explain,
-        )
+        .decide(view, raw_options, facts, read.bytes.clone(), explain)
         .await?;
-    if let Some(shadow) = &generation.shadow {
-        let input = ShadowInput {
-            chain: shadow.clone(),
-            view: read.intake.view.clone(),
-            raw_options: read.intake.raw_options.clone(),
-            fleet: facts,
-            body: read.bytes.clone(),
-        };
+    if let Some(input) = shadow {
         gateway.shadow.compare(input, outcome.verdict());
     }
     let trace = explain.then(|| outcome.trace().join("; "));
@@ -357,12 +372,13 @@ impl Outgoing {
             raw_path,
             mut headers,
             bytes,
-            intake,
+            model_field,
+            form_model,
             ..
         } = read;
         let body = if upload.is_some() {
             None
-        } else if let Some(span) = intake.form_model {
+        } else if let Some(span) = form_model {
             // A form body: only the model's value can be rewritten.
             match (&plan.request.model, plan.model_changed) {
                 (Some(model), true) => {
@@ -375,7 +391,7 @@ impl Outgoing {
                 _ => Some(bytes),
             }
         } else {
-            let edits = plan.body_edits(intake.model_field);
+            let edits = plan.body_edits(model_field);
             if edits.is_empty() {
                 Some(bytes)
             } else {
