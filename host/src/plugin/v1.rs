@@ -14,7 +14,7 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-use llamagate::policy::types as old;
+use self::llamagate::policy::types as old;
 
 /// Enums and variants whose cases have the same names in both versions.
 macro_rules! same_cases {
