@@ -25,6 +25,19 @@ pub enum Handling {
     RouteStreaming,
 }
 
+/// What a call that succeeds changes in the fleet's model lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Nothing.
+    Nothing,
+    /// The model it names now exists on the backend (pull, create).
+    AddsModel,
+    /// The model it names is gone from the backend (delete).
+    RemovesModel,
+    /// The model its `destination` names now exists there (copy).
+    AddsDestination,
+}
+
 /// How the backends' answers to a listing become one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Merge {
@@ -116,6 +129,8 @@ pub struct Row {
     pub fields: &'static [&'static str],
     /// Streaming default.
     pub streams: Streams,
+    /// What it changes in the fleet's model lists when it succeeds.
+    pub changes: Changes,
 }
 
 const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
@@ -146,6 +161,9 @@ const OPENAI: ApiStyle = ApiStyle::OpenAi;
 
 macro_rules! row {
     ($e:ident, $p:expr, $m:expr, $h:expr, $st:expr, $model:expr, $f:expr, $s:ident) => {
+        row!($e, $p, $m, $h, $st, $model, $f, $s, Nothing)
+    };
+    ($e:ident, $p:expr, $m:expr, $h:expr, $st:expr, $model:expr, $f:expr, $s:ident, $c:ident) => {
         Row {
             endpoint: Endpoint::$e,
             pattern: $p,
@@ -155,6 +173,7 @@ macro_rules! row {
             model: $model,
             fields: $f,
             streams: Streams::$s,
+            changes: Changes::$c,
         }
     };
 }
@@ -164,7 +183,8 @@ use Pattern::{Exact, Param};
 /// Every endpoint llamagate knows, as Ollama's `server/routes.go` routes them
 /// and `api/types.go` (and `openai/`) decode them. Columns: endpoint, path,
 /// methods, handling (a listing: how answers merge), error style, where the
-/// model is, other fields read, streaming default.
+/// model is, other fields read, streaming default, and (management calls) what
+/// success changes in the fleet's model lists.
 #[rustfmt::skip]
 pub static TABLE: &[Row] = &[
     row!(Root,              Exact("/"),                    GET_HEAD,  LOCAL,   OLLAMA, ModelAt::None, &[], Never),
@@ -176,11 +196,11 @@ pub static TABLE: &[Row] = &[
     row!(Chat,              Exact("/api/chat"),            POST,      ROUTE,   OLLAMA, MODEL,         INFERENCE, UnlessFalse),
     row!(Embed,             Exact("/api/embed"),           POST,      ROUTE,   OLLAMA, MODEL,         EMBEDDING, Never),
     row!(Embeddings,        Exact("/api/embeddings"),      POST,      ROUTE,   OLLAMA, MODEL,         EMBEDDING, Never),
-    row!(Pull,              Exact("/api/pull"),            POST,      ROUTE,   OLLAMA, MODEL_OR_NAME, STREAM, UnlessFalse),
+    row!(Pull,              Exact("/api/pull"),            POST,      ROUTE,   OLLAMA, MODEL_OR_NAME, STREAM, UnlessFalse, AddsModel),
     row!(Push,              Exact("/api/push"),            POST,      ROUTE,   OLLAMA, MODEL_OR_NAME, STREAM, UnlessFalse),
-    row!(Create,            Exact("/api/create"),          POST,      ROUTE,   OLLAMA, MODEL_OR_NAME, &["stream", "from"], UnlessFalse),
-    row!(Copy,              Exact("/api/copy"),            POST,      ROUTE,   OLLAMA, ModelAt::Body(&["source"]), &["destination"], Never),
-    row!(Delete,            Exact("/api/delete"),          DELETE,    ROUTE,   OLLAMA, MODEL_OR_NAME, &[], Never),
+    row!(Create,            Exact("/api/create"),          POST,      ROUTE,   OLLAMA, MODEL_OR_NAME, &["stream", "from"], UnlessFalse, AddsModel),
+    row!(Copy,              Exact("/api/copy"),            POST,      ROUTE,   OLLAMA, ModelAt::Body(&["source"]), &["destination"], Never, AddsDestination),
+    row!(Delete,            Exact("/api/delete"),          DELETE,    ROUTE,   OLLAMA, MODEL_OR_NAME, &[], Never, RemovesModel),
     row!(Blobs,             Param("/api/blobs/"),          HEAD_POST, UPLOAD,  OLLAMA, ModelAt::None, &[], Never),
     row!(OpenaiChat,        Exact("/v1/chat/completions"), POST,      ROUTE,   OPENAI, MODEL,         STREAM, IfTrue),
     row!(OpenaiCompletions, Exact("/v1/completions"),      POST,      ROUTE,   OPENAI, MODEL,         STREAM, IfTrue),
@@ -212,6 +232,14 @@ impl Row {
         match self.pattern {
             Exact(p) => Some(p),
             Param(_) => None,
+        }
+    }
+
+    /// The prefix of a parameter route (`/v1/models/`); `None` for an exact one.
+    pub fn param_prefix(&self) -> Option<&'static str> {
+        match self.pattern {
+            Param(prefix) => Some(prefix),
+            Exact(_) => None,
         }
     }
 

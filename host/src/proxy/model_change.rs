@@ -22,7 +22,7 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::api::endpoint::Endpoint;
+use crate::api::endpoint::{Changes, Endpoint, Row};
 use crate::api::json::Object;
 use crate::fleet::{BackendState, ModelChange};
 use crate::proxy::listing_cache::Listings;
@@ -42,11 +42,11 @@ pub fn change_of(
     model: Option<&str>,
     body: Option<&[u8]>,
 ) -> Option<ModelChange> {
-    match endpoint {
-        Endpoint::Pull | Endpoint::Create => Some(ModelChange::Added(model?.to_string())),
-        Endpoint::Delete => Some(ModelChange::Removed(model?.to_string())),
-        Endpoint::Copy => destination(body?).map(ModelChange::Added),
-        _ => None,
+    match Row::of(endpoint).changes {
+        Changes::AddsModel => Some(ModelChange::Added(model?.to_string())),
+        Changes::RemovesModel => Some(ModelChange::Removed(model?.to_string())),
+        Changes::AddsDestination => destination(body?).map(ModelChange::Added),
+        Changes::Nothing => None,
     }
 }
 

@@ -34,7 +34,7 @@ use hyper::body::Incoming;
 
 use crate::api::body;
 use crate::api::endpoint::{
-    classify as classify_path, ApiStyle, Classified, Endpoint, Handling, Rejection,
+    classify as classify_path, ApiStyle, Classified, Endpoint, Handling, ModelAt, Rejection,
 };
 use crate::api::error::{error_response, model_not_found, text_response, GatewayError};
 use crate::api::intake::{self, body_error, Intake};
@@ -402,12 +402,19 @@ impl Outgoing {
                 )
             }
         };
-        let mut path = match (classified.endpoint, &plan.request.model) {
-            (Endpoint::OpenaiModel, Some(m)) if plan.model_changed => {
-                format!("/v1/models/{}", crate::api::path::encode(m.as_bytes()))
+        // A model named in the path (`/v1/models/{model}`) is renamed there.
+        let renamed_in_path = match (classified.row.param_prefix(), &plan.request.model) {
+            (Some(prefix), Some(m))
+                if plan.model_changed && classified.row.model == ModelAt::Path =>
+            {
+                Some(format!(
+                    "{prefix}{}",
+                    crate::api::path::encode(m.as_bytes())
+                ))
             }
-            _ => classified.forward_path,
+            _ => None,
         };
+        let mut path = renamed_in_path.unwrap_or(classified.forward_path);
         if let Some((_, query)) = raw_path.split_once('?') {
             path.push('?');
             path.push_str(query);
