@@ -708,14 +708,17 @@ impl Plugin {
             })
     }
 
-    /// Runs `list-models`.
+    /// Runs `list-models`; `facts` answers what the plugin asks about the fleet.
     pub fn list_models(
         &self,
         req: &Request,
         models: &[ListedModel],
+        facts: &Arc<dyn Facts>,
     ) -> Result<Vec<ListedModel>, PluginError> {
-        self.inner
-            .call(&Bytes::new(), None, |store, bindings| match bindings {
+        self.inner.call(
+            &Bytes::new(),
+            Some(facts),
+            |store, bindings| match bindings {
                 Bindings::V2(b) => b
                     .llamagate_policy_policy()
                     .call_list_models(store, req, models),
@@ -723,7 +726,8 @@ impl Plugin {
                     .llamagate_policy_policy()
                     .call_list_models(store, &v1::request(req), &v1::listed_to_old(models))
                     .map(v1::listed_from_old),
-            })
+            },
+        )
     }
 }
 

@@ -429,14 +429,16 @@ impl Chain {
         Ok(Outcome::Forward(Box::new(plan)))
     }
 
-    /// Runs every plugin's `list-models`, each on the previous one's output.
+    /// Runs every plugin's `list-models`, each on the previous one's output;
+    /// `facts` answers what they ask about the fleet meanwhile.
     pub fn list(
         &self,
         request: &Request,
         mut models: Vec<ListedModel>,
+        facts: &Arc<dyn Facts>,
     ) -> Result<Vec<ListedModel>, GatewayError> {
         for link in &self.links {
-            match link.plugin.list_models(request, &models) {
+            match link.plugin.list_models(request, &models, facts) {
                 Ok(shown) => models = shown,
                 Err(err) if link.on_failure == OnFailure::Open => log_skipped(&err),
                 Err(err) => return Err(err.into()),

@@ -82,7 +82,8 @@ pub async fn serve(
         })
         .collect();
     generation.chain.ready().await?;
-    let shown = generation.chain.list(request, listed)?;
+    let facts: std::sync::Arc<dyn crate::plugin::Facts> = generation.fleet.clone();
+    let shown = generation.chain.list(request, listed, &facts)?;
     let items: Vec<Value> = shown
         .iter()
         .filter_map(|entry| {
