@@ -24,9 +24,16 @@
 //!   makes that thread wait: WASI's blocking I/O is linked in versions that
 //!   complete at once or trap ([`nonblocking`]), CPU time is capped by
 //!   `time_limit`, and a host function that panics anyway costs only that
-//!   call (the instance is dropped). Starting an instance (instantiation and
-//!   `init`, slow for interpreted plugins) is the one thing done off the
-//!   workers ([`Plugin::warm`]).
+//!   call (the instance is dropped). Callers yield to the scheduler just
+//!   before a call, so the worker's queued tasks (the accept loop, say) are
+//!   not held behind a call that runs to its limit; tasks woken meanwhile run
+//!   on the other workers. Two things keep spinning plugins from holding
+//!   every worker ([`Plugin::inline`]): at most one call fewer than there are
+//!   workers runs inline at once, and a plugin whose last call took longer
+//!   than [`SLOW_CALL`] has its next one run with `spawn_blocking`; either
+//!   way the call is the same. Starting an instance (instantiation and
+//!   `init`, slow for interpreted plugins) is also done off the workers
+//!   ([`Plugin::warm`]).
 //!
 //! Time limits count the CPU time the call itself used, not wall-clock time, so
 //! a well-behaved plugin does not time out because other requests (or other
@@ -43,7 +50,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -446,6 +453,7 @@ impl Runtime {
                 limits,
                 stdout: GuestOutput::new(Arc::from(name), Channel::Stdout),
                 stderr: GuestOutput::new(Arc::from(name), Channel::Stderr),
+                slow: AtomicBool::new(false),
                 idle: Mutex::new(Vec::new()),
             }),
         };
@@ -621,6 +629,38 @@ struct PluginInner {
     idle: Mutex<Vec<Instance>>,
     stdout: GuestOutput,
     stderr: GuestOutput,
+    /// Its last call took longer than [`SLOW_CALL`]: run the next off the
+    /// async workers.
+    slow: AtomicBool,
+}
+
+/// A call that takes longer than this marks its plugin slow: its next call
+/// runs off the async workers (and a fast one there clears the mark).
+pub const SLOW_CALL: Duration = Duration::from_millis(1);
+
+/// Plugin calls running inline on async workers right now, all plugins
+/// together.
+static INLINE_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// At most this many calls run inline at once: one worker fewer than tokio
+/// has (one per CPU), so calls that spin to their limit can never hold every
+/// worker, and streams keep moving on the one left.
+fn max_inline_calls() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        workers.saturating_sub(1).max(1)
+    })
+}
+
+/// Permission to run one plugin call inline on this async worker; released
+/// on drop.
+pub struct Inline(());
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        INLINE_CALLS.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Instance {
@@ -632,6 +672,22 @@ impl Plugin {
     /// The plugin's configured name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Permission to make the next call inline on the calling async worker:
+    /// `None` when the plugin's last call was slow or as many calls as may
+    /// already run inline; the caller then runs it with `spawn_blocking`.
+    pub fn inline(&self) -> Option<Inline> {
+        if self.inner.slow.load(Ordering::Relaxed) {
+            return None;
+        }
+        let max = max_inline_calls();
+        INLINE_CALLS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Inline(()))
     }
 
     /// Whether a call now finds an instance ready (else it starts one first).
@@ -755,11 +811,14 @@ impl PluginInner {
         instance.store.data_mut().body_handed = false;
         instance.store.data_mut().facts = facts.cloned();
         State::arm(&mut instance.store, self.limits.time);
+        let started = std::time::Instant::now();
         // A host function that panics (one llamagate did not make safe for an
         // async worker) fails this call only; the instance is dropped.
         let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             f(&mut instance.store, &instance.bindings)
         }));
+        self.slow
+            .store(started.elapsed() > SLOW_CALL, Ordering::Relaxed);
         let Ok(called) = called else {
             return Err(PluginError::Trap {
                 plugin: self.name.clone(),

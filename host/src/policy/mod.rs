@@ -378,7 +378,9 @@ impl Chain {
             let result = match link.plugin.admit(client).await {
                 Ok(slot) => match ready(&link.plugin).await {
                     Ok(()) => {
-                        let result = link.plugin.on_request(&plan.request, &facts, &body);
+                        let (back, result) =
+                            on_request(&link.plugin, plan, facts.clone(), body.clone()).await?;
+                        plan = back;
                         drop(slot);
                         result
                     }
@@ -392,20 +394,6 @@ impl Chain {
             };
         }
         Ok(Outcome::Forward(Box::new(plan)))
-    }
-
-    /// Makes sure every plugin has an instance ready, starting those that are
-    /// missing off the async workers, so that the calls that follow
-    /// ([`Chain::list`]) run inline without starting one.
-    pub async fn ready(&self) -> Result<(), GatewayError> {
-        for link in &self.links {
-            match ready(&link.plugin).await {
-                Ok(()) => {}
-                Err(err) if link.on_failure == OnFailure::Open => log_skipped(&err),
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Ok(())
     }
 
     /// [`Chain::decide`] on the calling thread, without call slots: for offline
@@ -429,16 +417,21 @@ impl Chain {
         Ok(Outcome::Forward(Box::new(plan)))
     }
 
-    /// Runs every plugin's `list-models`, each on the previous one's output;
-    /// `facts` answers what they ask about the fleet meanwhile.
-    pub fn list(
+    /// Runs every plugin's `list-models`, each on the previous one's output,
+    /// inline or off the workers as [`Plugin::inline`] allows; `facts`
+    /// answers what they ask about the fleet meanwhile.
+    pub async fn list(
         &self,
         request: &Request,
         mut models: Vec<ListedModel>,
         facts: &Arc<dyn Facts>,
     ) -> Result<Vec<ListedModel>, GatewayError> {
         for link in &self.links {
-            match link.plugin.list_models(request, &models, facts) {
+            let listed = match ready(&link.plugin).await {
+                Ok(()) => list_models(&link.plugin, request, &models, facts).await?,
+                Err(err) => Err(err),
+            };
+            match listed {
                 Ok(shown) => models = shown,
                 Err(err) if link.on_failure == OnFailure::Open => log_skipped(&err),
                 Err(err) => return Err(err.into()),
@@ -446,6 +439,59 @@ impl Chain {
         }
         Ok(models)
     }
+}
+
+/// Makes one `on-request` call: inline on this async worker when
+/// [`Plugin::inline`] allows it (after yielding, so the worker's queued tasks
+/// go first), else with `spawn_blocking`. The plan travels with the call.
+async fn on_request(
+    plugin: &Plugin,
+    plan: Plan,
+    facts: Arc<dyn Facts>,
+    body: Bytes,
+) -> Result<(Plan, Result<Decision, PluginError>), GatewayError> {
+    if let Some(inline) = plugin.inline() {
+        tokio::task::yield_now().await;
+        let result = plugin.on_request(&plan.request, &facts, &body);
+        drop(inline);
+        return Ok((plan, result));
+    }
+    let plugin = plugin.clone();
+    let name = plugin.name().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let result = plugin.on_request(&plan.request, &facts, &body);
+        let _ = tx.send((plan, result));
+    });
+    // Only a panic in the host loses the call (and the plan with it).
+    rx.await
+        .map_err(|_| GatewayError::Internal(format!("plugin {name:?}: the call was lost")))
+}
+
+/// Makes one `list-models` call, inline or with `spawn_blocking` as
+/// [`on_request`] does.
+async fn list_models(
+    plugin: &Plugin,
+    request: &Request,
+    models: &[ListedModel],
+    facts: &Arc<dyn Facts>,
+) -> Result<Result<Vec<ListedModel>, PluginError>, GatewayError> {
+    if let Some(inline) = plugin.inline() {
+        tokio::task::yield_now().await;
+        let result = plugin.list_models(request, models, facts);
+        drop(inline);
+        return Ok(result);
+    }
+    let (plugin, request, models, facts) = (
+        plugin.clone(),
+        request.clone(),
+        models.to_vec(),
+        facts.clone(),
+    );
+    let name = plugin.name().to_string();
+    tokio::task::spawn_blocking(move || plugin.list_models(&request, &models, &facts))
+        .await
+        .map_err(|_| GatewayError::Internal(format!("plugin {name:?}: the call was lost")))
 }
 
 /// Starts an instance of `plugin` off the async workers when none is idle

@@ -81,9 +81,8 @@ pub async fn serve(
             backends: m.backends.clone(),
         })
         .collect();
-    generation.chain.ready().await?;
     let facts: std::sync::Arc<dyn crate::plugin::Facts> = generation.fleet.clone();
-    let shown = generation.chain.list(request, listed, &facts)?;
+    let shown = generation.chain.list(request, listed, &facts).await?;
     let items: Vec<Value> = shown
         .iter()
         .filter_map(|entry| {

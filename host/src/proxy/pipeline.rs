@@ -560,22 +560,98 @@ impl Record {
     }
 }
 
-/// Phase 7: the outcome, recorded once per request when its response head is
-/// ready (the log line at `debug`; the place metrics and token counts hook in).
+/// Phase 7: the outcome, recorded once per request when its response has
+/// ended, whole or cut short (the client went away): what was asked and
+/// served, the status, the time to the response head and in all, and the
+/// bytes relayed. Today that is one log line at `debug` (and costs nothing
+/// when `debug` is off); it is where metrics and token counts hook in.
 pub fn finish(record: Record, response: Response<ResponseBody>) -> Response<ResponseBody> {
-    tracing::debug!(
-        method = %record.method,
-        endpoint = ?record.endpoint,
-        model = record.model_asked.as_deref().unwrap_or(""),
-        served = record.model_served.as_deref().unwrap_or(""),
-        principal = record.principal.as_deref().unwrap_or(""),
-        backend = record.backend.as_deref().unwrap_or(""),
-        failed_attempts = record.attempts.0.len(),
-        status = response.status().as_u16(),
-        micros = record.started.elapsed().as_micros() as u64,
-        "request"
-    );
-    response
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let finishing = Finishing {
+        body,
+        status: parts.status.as_u16(),
+        head: record.started.elapsed(),
+        record: Some(record),
+        bytes: 0,
+        ended: false,
+    };
+    Response::from_parts(parts, finishing.boxed_unsync())
+}
+
+/// A response body that writes its request's [`Record`] once, when it ends
+/// or is dropped.
+struct Finishing {
+    body: ResponseBody,
+    record: Option<Record>,
+    status: u16,
+    head: Duration,
+    bytes: u64,
+    ended: bool,
+}
+
+impl Finishing {
+    fn write(&mut self) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        tracing::debug!(
+            method = %record.method,
+            endpoint = ?record.endpoint.unwrap_or(Endpoint::Other),
+            model = record.model_asked.as_deref().unwrap_or(""),
+            served = record.model_served.as_deref().unwrap_or(""),
+            principal = record.principal.as_deref().unwrap_or(""),
+            backend = record.backend.as_deref().unwrap_or(""),
+            failed_attempts = record.attempts.0.len(),
+            status = self.status,
+            head_us = self.head.as_micros() as u64,
+            total_us = record.started.elapsed().as_micros() as u64,
+            bytes = self.bytes,
+            complete = self.ended || http_body::Body::is_end_stream(&self.body),
+            "request"
+        );
+    }
+}
+
+impl http_body::Body for Finishing {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                self.ended = true;
+                self.write();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.write();
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -187,6 +187,13 @@ async fn a_request_that_finds_the_plugin_busy_gets_503_with_retry_after() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let (status, retry, body) = chat_from(&client, &url, "none").await;
+    if status != 503 {
+        // Served only once the spinner ended: it waited behind the call
+        // spinning on its worker instead of for a slot.
+        let took = started.elapsed();
+        let spun = spinning.await.unwrap();
+        panic!("{status} after {took:?}, the spinning request ended {spun:?}");
+    }
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry.as_deref(), Some("1"));
     assert_eq!(
@@ -211,4 +218,39 @@ async fn a_request_that_finds_the_plugin_busy_gets_503_with_retry_after() {
     assert_eq!(status, 500, "{body}");
     let (status, _, body) = chat_from(&client, &url, "none").await;
     assert_eq!(status, 200, "free again: {body}");
+}
+
+/// Calls run inline on the async workers: one that spins to its time limit
+/// must not hold up new connections, nor requests that need no plugin slot.
+#[tokio::test]
+async fn a_call_spinning_on_a_worker_holds_up_only_its_own_request() {
+    // Slots to spare: only the workers are contended.
+    let (_a, proxy) = hostile_proxy(
+        r#"time_limit = "1500ms"
+           concurrency = 8"#,
+    )
+    .await;
+    let url = format!("{}/api/chat", proxy.url);
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { chat_from(&client_from("127.0.0.1"), &url, "loop").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    for _ in 0..5 {
+        // A new connection each time: the accept loop must be running.
+        let (status, _, body) = chat_from(&client_from("127.0.0.1"), &url, "none").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let took = started.elapsed();
+    for spinner in spinners {
+        let (status, _, body) = spinner.await.unwrap();
+        assert_eq!(status, 500, "{body}");
+    }
+    assert!(
+        took < Duration::from_millis(1000),
+        "5 plain requests took {took:?} beside two spinning calls"
+    );
 }

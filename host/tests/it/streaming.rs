@@ -170,3 +170,68 @@ async fn client_disconnect_releases_the_backend() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The request's record is written once, when its response ends: whole, with
+/// the bytes relayed, or cut short when the client goes away.
+#[tokio::test]
+async fn each_request_is_recorded_once_when_its_response_ends() {
+    let sim = sim::spawn(SimOptions {
+        models: vec!["llama3.2".into()],
+        chunks: 6,
+        chunk_delay: Duration::from_millis(100),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let proxy = Proxy::start_at_level("debug", &["--proxy", &format!("llama3.2={}", sim.url())]);
+    let url = format!("{}/api/chat", proxy.url);
+    let whole = post(
+        &url,
+        &json!({"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}),
+    )
+    .await;
+    assert_eq!(whole.status, 200);
+    let cut = open(
+        Method::POST,
+        &url,
+        &[],
+        json!({"model":"llama3.2","messages":[{"role":"user","content":"bye"}]}).to_string(),
+    )
+    .await;
+    let mut body = cut.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let records = loop {
+        let logs = proxy.logs();
+        let records: Vec<String> = logs
+            .lines()
+            .filter(|l| l.contains(" request ") && l.contains("endpoint=Endpoint::Chat"))
+            .map(str::to_string)
+            .collect();
+        if records.len() >= 2 || Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let complete: Vec<&String> = records
+        .iter()
+        .filter(|l| l.contains("complete=true"))
+        .collect();
+    assert_eq!(complete.len(), 1, "{records:#?}");
+    assert!(
+        complete[0].contains(&format!("bytes={}", whole.body.len())),
+        "{records:#?}"
+    );
+    assert!(
+        records.iter().any(|l| l.contains("complete=false")),
+        "{records:#?}"
+    );
+    for line in &records {
+        assert!(
+            line.contains("status=200") && line.contains("model=\"llama3.2\""),
+            "{line}"
+        );
+    }
+}
