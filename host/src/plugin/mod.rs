@@ -29,9 +29,9 @@
 //!   not held behind a call that runs to its limit; tasks woken meanwhile run
 //!   on the other workers. Two things keep spinning plugins from holding
 //!   every worker ([`Plugin::inline`]): at most one call fewer than there are
-//!   workers runs inline at once, and a plugin whose last call took longer
-//!   than [`SLOW_CALL`] has its next one run with `spawn_blocking`; either
-//!   way the call is the same. Starting an instance (instantiation and
+//!   workers runs inline at once, and a plugin with a call that used more
+//!   than [`SLOW_CALL`] of CPU time runs its calls with `spawn_blocking` for
+//!   [`SLOW_FOR`]; either way the call is the same. Starting an instance (instantiation and
 //!   `init`, slow for interpreted plugins) is also done off the workers
 //!   ([`Plugin::warm`]).
 //!
@@ -50,7 +50,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -306,10 +306,7 @@ pub const MAX_CONCURRENCY: usize = 256;
 impl Limits {
     /// The default `concurrency`: the number of CPUs, at least 2.
     pub fn default_concurrency() -> usize {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, MAX_CONCURRENCY)
+        cpus().clamp(2, MAX_CONCURRENCY)
     }
 }
 
@@ -453,7 +450,7 @@ impl Runtime {
                 limits,
                 stdout: GuestOutput::new(Arc::from(name), Channel::Stdout),
                 stderr: GuestOutput::new(Arc::from(name), Channel::Stderr),
-                slow: AtomicBool::new(false),
+                slow_until: AtomicU64::new(0),
                 idle: Mutex::new(Vec::new()),
             }),
         };
@@ -629,14 +626,26 @@ struct PluginInner {
     idle: Mutex<Vec<Instance>>,
     stdout: GuestOutput,
     stderr: GuestOutput,
-    /// Its last call took longer than [`SLOW_CALL`]: run the next off the
-    /// async workers.
-    slow: AtomicBool,
+    /// Until when (ms on [`clock_ms`]) its calls run off the async workers,
+    /// because one used more than [`SLOW_CALL`] of CPU time.
+    slow_until: AtomicU64,
 }
 
-/// A call that takes longer than this marks its plugin slow: its next call
-/// runs off the async workers (and a fast one there clears the mark).
+/// A call that uses more CPU time than this marks its plugin slow: its calls
+/// run off the async workers for the next [`SLOW_FOR`].
 pub const SLOW_CALL: Duration = Duration::from_millis(1);
+
+/// How long a plugin marked slow keeps running off the async workers.
+pub const SLOW_FOR: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the first call to it: a cheap clock for `slow_until`.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
 
 /// Plugin calls running inline on async workers right now, all plugins
 /// together.
@@ -646,11 +655,23 @@ static INLINE_CALLS: AtomicUsize = AtomicUsize::new(0);
 /// has (one per CPU), so calls that spin to their limit can never hold every
 /// worker, and streams keep moving on the one left.
 fn max_inline_calls() -> usize {
-    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        workers.saturating_sub(1).max(1)
-    })
+    cpus().saturating_sub(1).max(1)
+}
+
+/// The CPUs this process may use (tokio's worker count), read once: asking
+/// the OS reads cgroup files every time.
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+/// Why a call may not run inline now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotInline {
+    /// The plugin was marked slow ([`SLOW_CALL`]).
+    Slow,
+    /// As many calls as may run inline already do (likely short ones).
+    Busy,
 }
 
 /// Permission to run one plugin call inline on this async worker; released
@@ -675,19 +696,19 @@ impl Plugin {
     }
 
     /// Permission to make the next call inline on the calling async worker:
-    /// `None` when the plugin's last call was slow or as many calls as may
+    /// `None` while the plugin is marked slow or when as many calls as may
     /// already run inline; the caller then runs it with `spawn_blocking`.
-    pub fn inline(&self) -> Option<Inline> {
-        if self.inner.slow.load(Ordering::Relaxed) {
-            return None;
+    pub fn inline(&self) -> Result<Inline, NotInline> {
+        if clock_ms() < self.inner.slow_until.load(Ordering::Relaxed) {
+            return Err(NotInline::Slow);
         }
         let max = max_inline_calls();
         INLINE_CALLS
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
             .map(|_| Inline(()))
+            .map_err(|_| NotInline::Busy)
     }
 
     /// Whether a call now finds an instance ready (else it starts one first).
@@ -792,8 +813,7 @@ impl PluginInner {
     /// than one per worker thread (at most one per CPU) is ever busy at once,
     /// and never more than `concurrency`.
     fn idle_cap(&self) -> usize {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        self.limits.concurrency.min(cpus.max(2))
+        self.limits.concurrency.min(cpus().max(2))
     }
 
     fn call<R>(
@@ -817,8 +837,19 @@ impl PluginInner {
         let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             f(&mut instance.store, &instance.bindings)
         }));
-        self.slow
-            .store(started.elapsed() > SLOW_CALL, Ordering::Relaxed);
+        // Wall time first (a vDSO read); the CPU clock only when that is
+        // long, since a preempted thread's wall time says nothing.
+        if started.elapsed() > SLOW_CALL {
+            let cpu_started = instance
+                .store
+                .data()
+                .cpu_deadline
+                .saturating_sub(self.limits.time);
+            if thread_cpu_time().saturating_sub(cpu_started) > SLOW_CALL {
+                let until = clock_ms() + SLOW_FOR.as_millis() as u64;
+                self.slow_until.store(until, Ordering::Relaxed);
+            }
+        }
         let Ok(called) = called else {
             return Err(PluginError::Trap {
                 plugin: self.name.clone(),

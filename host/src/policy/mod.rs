@@ -441,6 +441,22 @@ impl Chain {
     }
 }
 
+/// Permission to call `plugin` inline: when only busy (every inline place
+/// taken, most likely by calls of a few microseconds), yield and ask again a
+/// couple of times before giving up to `spawn_blocking`. Yielding also lets
+/// the worker's queued tasks go first.
+async fn inline_permit(plugin: &Plugin) -> Option<crate::plugin::Inline> {
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+        match plugin.inline() {
+            Ok(inline) => return Some(inline),
+            Err(crate::plugin::NotInline::Slow) => return None,
+            Err(crate::plugin::NotInline::Busy) => {}
+        }
+    }
+    None
+}
+
 /// Makes one `on-request` call: inline on this async worker when
 /// [`Plugin::inline`] allows it (after yielding, so the worker's queued tasks
 /// go first), else with `spawn_blocking`. The plan travels with the call.
@@ -450,8 +466,7 @@ async fn on_request(
     facts: Arc<dyn Facts>,
     body: Bytes,
 ) -> Result<(Plan, Result<Decision, PluginError>), GatewayError> {
-    if let Some(inline) = plugin.inline() {
-        tokio::task::yield_now().await;
+    if let Some(inline) = inline_permit(plugin).await {
         let result = plugin.on_request(&plan.request, &facts, &body);
         drop(inline);
         return Ok((plan, result));
@@ -476,8 +491,7 @@ async fn list_models(
     models: &[ListedModel],
     facts: &Arc<dyn Facts>,
 ) -> Result<Result<Vec<ListedModel>, PluginError>, GatewayError> {
-    if let Some(inline) = plugin.inline() {
-        tokio::task::yield_now().await;
+    if let Some(inline) = inline_permit(plugin).await {
         let result = plugin.list_models(request, models, facts);
         drop(inline);
         return Ok(result);
