@@ -473,14 +473,13 @@ async fn on_request(
     }
     let plugin = plugin.clone();
     let name = plugin.name().to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
         let result = plugin.on_request(&plan.request, &facts, &body);
-        let _ = tx.send((plan, result));
-    });
+        (plan, result)
+    })
+    .await
     // Only a panic in the host loses the call (and the plan with it).
-    rx.await
-        .map_err(|_| GatewayError::Internal(format!("plugin {name:?}: the call was lost")))
+    .map_err(|_| GatewayError::Internal(format!("plugin {name:?}: the call was lost")))
 }
 
 /// Makes one `list-models` call, inline or with `spawn_blocking` as
