@@ -134,7 +134,8 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
             .collect::<Vec<_>>(),
         "shadow": generation.shadow.as_ref().map(|s| json!({
             "plugins": s.names(),
-            "decided": stats.decided.load(Ordering::Relaxed),
+            // Read first, with acquire: its agreed/differed are in place.
+            "decided": stats.decided.load(Ordering::Acquire),
             "agreed": stats.agreed.load(Ordering::Relaxed),
             "differed": stats.differed.load(Ordering::Relaxed),
             "failed": stats.failed.load(Ordering::Relaxed),

@@ -102,7 +102,6 @@ impl Shadow {
                 .await
             {
                 Ok(outcome) => {
-                    stats.decided.fetch_add(1, Ordering::Relaxed);
                     let theirs = outcome.verdict();
                     if theirs == live {
                         stats.agreed.fetch_add(1, Ordering::Relaxed);
@@ -110,6 +109,9 @@ impl Shadow {
                         stats.differed.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(request = %id, live = %live, shadow = %theirs, "shadow policy decided otherwise");
                     }
+                    // Counted last, with release: whoever sees a decision
+                    // counted sees whether it agreed.
+                    stats.decided.fetch_add(1, Ordering::Release);
                 }
                 Err(err) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
