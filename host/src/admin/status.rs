@@ -107,14 +107,21 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
     let generation = gateway.current();
     let backends: Vec<_> = generation
         .fleet
-        .views()
-        .into_iter()
-        .map(|b| {
+        .all()
+        .iter()
+        .map(|backend| {
+            let state = backend.health();
+            let settings = backend.settings();
+            let b = backend.view();
             json!({
                 "id": b.id,
                 "url": b.url,
-                "healthy": b.healthy,
+                "state": state.name(),
+                "healthy": state.healthy(),
                 "reason": b.reason,
+                "parallel": settings.parallel,
+                "slots": settings.slots,
+                "vram": settings.vram,
                 "in_flight": b.in_flight,
                 "models": b.models,
                 "loaded": b.loaded.iter().map(|l| json!({

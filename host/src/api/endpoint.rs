@@ -217,7 +217,61 @@ pub static TABLE: &[Row] = &[
 /// Its error style follows the path: OpenAI's under `/v1/`, else Ollama's.
 pub static OTHER: Row = row!(Other, Exact(""), &[], ROUTE, OLLAMA, MODEL, &[], Never);
 
+/// What kind of work a routed request asks of its backend: it decides
+/// whether the request may be sent again elsewhere and whether it takes a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Generation and embeddings: safe to send to another replica while no
+    /// answer has begun; takes a slot of the backend and the model.
+    Inference,
+    /// `show` and `/v1/models/{model}`: reads, safe to send again.
+    Lookup,
+    /// pull, push, create, copy, delete, blob uploads: never sent twice (a
+    /// backend may have acted on it), and pull, push, create and uploads may
+    /// take long before their first byte.
+    Management,
+    /// A path llamagate does not know: forwarded once, never sent twice.
+    Unknown,
+}
+
+impl Work {
+    /// Whether a request may be sent to another backend (or again) after it
+    /// reached one that failed before its response head.
+    pub fn resendable(self) -> bool {
+        matches!(self, Work::Inference | Work::Lookup)
+    }
+}
+
 impl Row {
+    /// The kind of work its requests are.
+    pub fn work(&self) -> Work {
+        use Endpoint as E;
+        match self.endpoint {
+            E::Generate
+            | E::Chat
+            | E::Embed
+            | E::Embeddings
+            | E::OpenaiChat
+            | E::OpenaiCompletions
+            | E::OpenaiEmbeddings
+            | E::OpenaiResponses
+            | E::OpenaiMessages => Work::Inference,
+            E::Show | E::OpenaiModel | E::Version | E::Tags | E::Ps | E::OpenaiModels | E::Root => {
+                Work::Lookup
+            }
+            E::Pull | E::Push | E::Create | E::Copy | E::Delete | E::Blobs => Work::Management,
+            E::Other => Work::Unknown,
+        }
+    }
+
+    /// Whether a request's first byte may take long for a reason other than a
+    /// stuck backend (a pull or push moving gigabytes with `stream: false`, a
+    /// create quantising, an upload): no first-byte timeout applies.
+    pub fn slow_to_answer(&self) -> bool {
+        use Endpoint as E;
+        matches!(self.endpoint, E::Pull | E::Push | E::Create | E::Blobs)
+    }
+
     /// The row of `endpoint`.
     pub fn of(endpoint: Endpoint) -> &'static Row {
         TABLE

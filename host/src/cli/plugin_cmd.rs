@@ -95,10 +95,18 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
         specs.push(spec);
         (
             load_chain(&runtime, &specs)?,
-            Fleet::new(&config.connections, None)?,
+            Fleet::new(
+                &config.connections,
+                config.health,
+                &config.backend_settings,
+                None,
+            )?,
         )
     } else {
-        (load_chain(&runtime, &[spec])?, Fleet::new(&[], None)?)
+        (
+            load_chain(&runtime, &[spec])?,
+            Fleet::new(&[], Default::default(), &Default::default(), None)?,
+        )
     };
     let chain = Arc::new(chain);
     println!("chain: {}", chain.names().join(" -> "));

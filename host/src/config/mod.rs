@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 mod admin_key;
+pub mod fleet;
 pub mod limits;
 pub mod origin;
 
@@ -45,6 +46,15 @@ pub struct Config {
     pub listing_cache: Duration,
     /// Backends, `(id, url)`, in order.
     pub connections: Vec<(String, String)>,
+    /// Slots and memory of backends given in table form, by id (the others
+    /// get [`fleet::BackendSettings::default`]).
+    pub backend_settings: std::collections::BTreeMap<String, fleet::BackendSettings>,
+    /// Probe and breaker thresholds (`[health]`, `[breaker]`).
+    pub health: fleet::HealthConfig,
+    /// When a request moves on, and its timeouts.
+    pub failover: fleet::Failover,
+    /// The queue for slots (`queue_timeout`, `max_queue`).
+    pub queue: fleet::QueueSettings,
     /// The plugin chain, in order.
     pub plugins: Vec<PluginSpec>,
     /// A second chain that sees every request but whose decisions are only
@@ -165,7 +175,26 @@ pub struct FileConfig {
     pub body_min_rate: Option<Size>,
     /// `max_connections`: client connections open at once.
     pub max_connections: Option<usize>,
-    /// `[connections]`: id → URL, in file order.
+    /// `first_byte_timeout`: from sending a request to its response head.
+    pub first_byte_timeout: Option<Text>,
+    /// `stream_idle_timeout`: longest gap between two frames of an answer.
+    pub stream_idle_timeout: Option<Text>,
+    /// `retry_statuses`: statuses that move a request to the next backend.
+    pub retry_statuses: Option<Vec<u16>>,
+    /// `[model_timeouts."m"]`: per-model `first_byte` and `stream_idle`.
+    #[serde(default)]
+    pub model_timeouts: std::collections::BTreeMap<String, fleet::FileModelTimeouts>,
+    /// `queue_timeout`: longest wait for a slot.
+    pub queue_timeout: Option<Text>,
+    /// `max_queue`: requests waiting for a slot at once.
+    pub max_queue: Option<usize>,
+    /// `[health]`: probe thresholds.
+    #[serde(default)]
+    pub health: fleet::FileHealth,
+    /// `[breaker]`: request-failure thresholds.
+    #[serde(default)]
+    pub breaker: fleet::FileBreaker,
+    /// `[connections]`: id → URL (or `{ url, parallel, slots, vram }`), in file order.
     #[serde(default)]
     pub connections: toml::Table,
     /// `[policy]`: the default policy's config.
@@ -295,13 +324,27 @@ impl Config {
         let listen = parse_listen(&listen_text)?;
 
         let mut connections: Vec<(String, String)> = Vec::new();
-        let from_file = file.connections.into_iter().map(|(id, url)| match url {
-            toml::Value::String(url) => Ok((id, url)),
-            other => bail!(
-                "connections.{id}: expected a URL string, not {}",
-                other.type_str()
-            ),
-        });
+        let mut backend_settings = std::collections::BTreeMap::new();
+        let mut file_connections = Vec::new();
+        for (id, value) in file.connections {
+            match value {
+                toml::Value::String(url) => file_connections.push((id, url)),
+                toml::Value::Table(table) => {
+                    let entry: fleet::FileConnection = toml::Value::Table(table)
+                        .try_into()
+                        .map_err(|e: toml::de::Error| {
+                            anyhow::anyhow!("connections.{id}: {}", scrub_values(e.message()))
+                        })?;
+                    backend_settings.insert(id.clone(), fleet::backend(&id, &entry)?);
+                    file_connections.push((id, entry.url));
+                }
+                other => bail!(
+                    "connections.{id}: expected a URL string or a table with `url`, not {}",
+                    other.type_str()
+                ),
+            }
+        }
+        let from_file = file_connections.into_iter().map(Ok::<_, anyhow::Error>);
         let from_flags = overrides.connections.iter().cloned().map(Ok);
         for entry in from_file.chain(from_flags) {
             let (id, url) = entry?;
@@ -416,6 +459,15 @@ impl Config {
             )?,
             listing_cache: duration(file.listing_cache, "listing_cache", Duration::from_secs(1))?,
             connections,
+            backend_settings,
+            health: fleet::health(&file.health, &file.breaker)?,
+            failover: fleet::failover(
+                file.first_byte_timeout.as_ref(),
+                file.stream_idle_timeout.as_ref(),
+                file.retry_statuses.as_deref(),
+                &file.model_timeouts,
+            )?,
+            queue: fleet::queue(file.queue_timeout.as_ref(), file.max_queue)?,
             watched_files: plugins
                 .iter()
                 .chain(&shadow)

@@ -2,8 +2,9 @@
 //! models served and loaded) and the requests in flight to each.
 //!
 //! A background prober asks every backend for `/api/tags` and `/api/ps` on an
-//! interval. State is per process: llamagate replicas each probe on their own,
-//! so the proxy stays stateless.
+//! interval (a shorter one while it is down). Health combines those probes
+//! with what real requests meet ([`health`]). State is per process: llamagate
+//! replicas each probe on their own, so the proxy stays stateless.
 //!
 //! A backend URL may carry credentials (`http://admin:pw@gpu-01:11434`, for an
 //! nginx with basic auth in front of Ollama). They are split off when the
@@ -11,8 +12,8 @@
 //! userinfo, and the credentials go to that backend only, as its
 //! `Authorization: Basic` header ([`BackendState::authorization`]).
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -22,6 +23,11 @@ use serde::Deserialize;
 
 use crate::plugin::{Backend, LoadedModel};
 use crate::upstream::{Destination, Failure, Upstream};
+
+pub mod health;
+
+pub use crate::config::fleet::BackendSettings;
+pub use health::{Health, HealthConfig, Pass};
 
 /// One backend Ollama server.
 pub struct BackendState {
@@ -36,9 +42,12 @@ pub struct BackendState {
     configured: String,
     /// `Basic ...` from the URL's userinfo, if it has one.
     authorization: Option<HeaderValue>,
-    healthy: AtomicBool,
-    /// Why it is not healthy (the last failure, in words).
-    reason: Mutex<Option<String>>,
+    /// Probes and the breaker.
+    tracker: health::Tracker,
+    /// Slots and memory, as configured (changed by a reload).
+    settings: RwLock<BackendSettings>,
+    /// When it was last probed (for probing at its own interval).
+    probed_at: Mutex<Option<std::time::Instant>>,
     in_flight: AtomicU32,
     seen: RwLock<Seen>,
     /// Bumped (under `seen`'s write lock) by every [`BackendState::learn`], so
@@ -78,30 +87,54 @@ impl Seen {
 }
 
 impl BackendState {
-    /// Whether the last probe succeeded (true until the first probe says otherwise).
+    /// Its slots and memory, as configured.
+    pub fn settings(&self) -> BackendSettings {
+        *self.settings.read().unwrap()
+    }
+
+    /// Its state now: up, half-open, open or down ([`health`]).
+    pub fn health(&self) -> Health {
+        self.tracker.health()
+    }
+
+    /// Whether requests may go there (up or half-open).
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health().healthy()
     }
 
-    /// Records that a request or probe reached it.
-    pub fn set_healthy(&self) {
-        if !self.healthy.swap(true, Ordering::Relaxed) {
-            tracing::info!(backend = %self.id, "backend is reachable again");
-        }
-        *self.reason.lock().unwrap() = None;
-    }
-
-    /// Records that a request or probe failed there, and why (`failure`).
-    pub fn set_unhealthy(&self, failure: &Failure) {
-        *self.reason.lock().unwrap() = Some(failure.to_string());
-        if self.healthy.swap(false, Ordering::Relaxed) {
-            tracing::warn!(backend = %self.id, url = %self.url, "backend {failure}");
-        }
-    }
-
-    /// Why it is not healthy, if it is not.
+    /// Why it is not up, in words; `None` when up.
     pub fn reason(&self) -> Option<String> {
-        self.reason.lock().unwrap().clone()
+        self.tracker.reason()
+    }
+
+    /// Asks to send a request there now ([`health::Tracker::pass`]).
+    pub fn pass(&self) -> Option<Pass> {
+        self.tracker.pass()
+    }
+
+    /// A request sent with `pass` got its answer.
+    pub fn succeeded(&self, pass: Pass) {
+        self.tracker.succeeded(&self.id, pass)
+    }
+
+    /// A request sent with `pass` failed as `failure` says.
+    pub fn failed(&self, failure: &Failure, pass: Pass) {
+        self.tracker.failed(&self.id, failure, pass)
+    }
+
+    /// A request sent with `pass` ended with neither (the client left).
+    pub fn abandoned(&self, pass: Pass) {
+        self.tracker.abandoned(pass)
+    }
+
+    /// A listing or probe answered.
+    pub fn probe_succeeded(&self) {
+        self.tracker.probe_succeeded(&self.id)
+    }
+
+    /// A listing or probe failed as `failure` says.
+    pub fn probe_failed(&self, failure: &Failure) {
+        self.tracker.probe_failed(&self.id, failure)
     }
 
     /// The `Authorization` value every request to this backend carries, made
@@ -230,8 +263,13 @@ pub struct Fleet {
 impl Fleet {
     /// Builds the fleet from `(id, url)` pairs, keeping the state (health,
     /// models, requests in flight) of backends `previous` had with the same id and URL.
-    pub fn new(backends: &[(String, String)], previous: Option<&Fleet>) -> anyhow::Result<Fleet> {
-        let backends = backends
+    pub fn new(
+        backends: &[(String, String)],
+        health: HealthConfig,
+        settings: &BTreeMap<String, BackendSettings>,
+        previous: Option<&Fleet>,
+    ) -> anyhow::Result<Fleet> {
+        let backends: Vec<Arc<BackendState>> = backends
             .iter()
             .map(|(id, url)| {
                 let configured = url.trim_end_matches('/').to_string();
@@ -249,14 +287,20 @@ impl Fleet {
                     uri,
                     configured,
                     authorization: userinfo.as_deref().map(basic_authorization),
-                    healthy: AtomicBool::new(true),
-                    reason: Mutex::default(),
+                    tracker: health::Tracker::default(),
+                    settings: RwLock::default(),
+                    probed_at: Mutex::default(),
                     in_flight: AtomicU32::new(0),
                     seen: RwLock::default(),
                     learned: AtomicU64::new(0),
                 }))
             })
             .collect::<anyhow::Result<_>>()?;
+        for backend in &backends {
+            backend.tracker.configure(health);
+            *backend.settings.write().unwrap() =
+                settings.get(&backend.id).copied().unwrap_or_default();
+        }
         Ok(Fleet { backends })
     }
 
@@ -301,6 +345,30 @@ impl Fleet {
         let probes = self.backends.iter().map(|b| probe(b, upstream, timeout));
         futures_util::future::join_all(probes).await;
     }
+
+    /// Probes, concurrently, the backends whose interval has passed: `normal`,
+    /// or the short one for a backend that is down or whose breaker is open.
+    pub async fn probe_due(&self, upstream: &Upstream, normal: Duration, timeout: Duration) {
+        let now = std::time::Instant::now();
+        let due = self.backends.iter().filter(|b| {
+            let interval = b.tracker.probe_interval(normal);
+            b.probed_at
+                .lock()
+                .unwrap()
+                .is_none_or(|at| now.duration_since(at) + Duration::from_millis(5) >= interval)
+        });
+        let probes = due.map(|b| probe(b, upstream, timeout));
+        futures_util::future::join_all(probes).await;
+    }
+
+    /// The shortest interval any backend wants probes at now.
+    pub fn next_probe_in(&self, normal: Duration) -> Duration {
+        self.backends
+            .iter()
+            .map(|b| b.tracker.probe_interval(normal))
+            .min()
+            .unwrap_or(normal)
+    }
 }
 
 impl crate::plugin::Facts for Fleet {
@@ -332,6 +400,7 @@ struct TagEntry {
 pub const PROBE_USER_AGENT: &str = concat!("llamagate-probe/", env!("CARGO_PKG_VERSION"));
 
 async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Duration) {
+    *backend.probed_at.lock().unwrap() = Some(std::time::Instant::now());
     let learned = backend.learned.load(Ordering::Relaxed);
     let mut headers = http::HeaderMap::new();
     headers.insert(
@@ -370,7 +439,7 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
                 *seen = Seen::new(models, loaded);
             }
             drop(seen);
-            backend.set_healthy();
+            backend.probe_succeeded();
         }
         (Err(e), _) => {
             // Why, once, when a backend goes from healthy to not (a wrong
@@ -380,9 +449,7 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
             } else {
                 tracing::debug!(backend = %backend.id, "probe failed: {e}");
             }
-            if e.failure.blames_backend() {
-                backend.set_unhealthy(&e.failure);
-            }
+            backend.probe_failed(&e.failure);
         }
     }
 }
@@ -398,6 +465,8 @@ mod tests {
                 ("a".into(), "http://admin:p%40ss%2Fw@gpu-01:11434/".into()),
                 ("b".into(), "http://gpu-02:11434".into()),
             ],
+            HealthConfig::default(),
+            &BTreeMap::new(),
             None,
         )
         .unwrap();
@@ -413,12 +482,16 @@ mod tests {
         // A new password is a new backend; the same URL keeps its state.
         let same = Fleet::new(
             &[("a".into(), "http://admin:p%40ss%2Fw@gpu-01:11434".into())],
+            HealthConfig::default(),
+            &BTreeMap::new(),
             Some(&fleet),
         )
         .unwrap();
         assert!(Arc::ptr_eq(same.get("a").unwrap(), a));
         let changed = Fleet::new(
             &[("a".into(), "http://admin:new@gpu-01:11434".into())],
+            HealthConfig::default(),
+            &BTreeMap::new(),
             Some(&fleet),
         )
         .unwrap();

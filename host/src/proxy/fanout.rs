@@ -166,9 +166,8 @@ async fn ask_all(
             async move {
                 let result = upstream.get_json::<Value>(&**backend, path, timeout).await;
                 match &result {
-                    Ok(_) => backend.set_healthy(),
-                    Err(e) if e.failure.blames_backend() => backend.set_unhealthy(&e.failure),
-                    Err(_) => {}
+                    Ok(_) => backend.probe_succeeded(),
+                    Err(e) => backend.probe_failed(&e.failure),
                 }
                 (backend.id.clone(), result)
             }

@@ -24,6 +24,8 @@ pub struct Settings {
     pub fanout_timeout: Duration,
     /// Interval between backend probes.
     pub probe_interval: Duration,
+    /// When a request moves to the next backend, and its timeouts.
+    pub failover: crate::config::fleet::Failover,
     /// Add the decision header (`x-llamagate-decision`) to responses.
     pub explain: bool,
     /// Serve the status endpoint.
@@ -106,13 +108,19 @@ pub fn build(
         number,
         chain: Arc::new(chain),
         shadow,
-        fleet: Arc::new(Fleet::new(&config.connections, previous)?),
+        fleet: Arc::new(Fleet::new(
+            &config.connections,
+            config.health,
+            &config.backend_settings,
+            previous,
+        )?),
         listings: Arc::new(Listings::new(config.listing_cache)),
         settings: Settings {
             max_body_size: config.max_body_size,
             view_limits: config.view_limits,
             fanout_timeout: config.fanout_timeout,
             probe_interval: config.probe_interval,
+            failover: config.failover.clone(),
             explain: config.explain,
             status: config.status,
             admin_key: config.admin_key.clone(),

@@ -38,7 +38,8 @@ use crate::api::endpoint::{
 };
 use crate::api::error::{error_response, model_not_found, text_response, GatewayError};
 use crate::api::intake::{self, body_error, Intake};
-use crate::fleet::{BackendState, Fleet, InFlight};
+use crate::config::fleet::Failover;
+use crate::fleet::{BackendState, Fleet, InFlight, Pass};
 use crate::plugin::{Facts, Header};
 use crate::policy::{Outcome, Plan};
 use crate::proxy::body_pace::{paced, BodyDeadline, BodyTimeout};
@@ -106,16 +107,23 @@ async fn serve(
     record.model_served = plan.request.model.clone();
     record.principal = plan.principal.clone();
     let candidates = admit(&generation.fleet, &plan, read.classified.endpoint)?;
-    let outgoing = Outgoing::of(read, upload, &plan, client)?;
+    let outgoing = Outgoing::of(read, upload, &plan, client, &generation.settings.failover)?;
     let change = model_change::change_of(
         outgoing.endpoint,
         plan.request.model.as_deref(),
         outgoing.body.as_deref(),
     );
-    let (response, backend, in_flight) =
-        forward(gateway, candidates, outgoing, &mut record.attempts).await?;
+    let forwarded = forward(
+        gateway,
+        &generation,
+        candidates,
+        outgoing,
+        &mut record.attempts,
+    )
+    .await?;
+    let backend = forwarded.backend.clone();
     record.backend = Some(backend.id.clone());
-    let response = relay(response, &backend, in_flight);
+    let response = relay(forwarded);
     // A pull, create, copy or delete that succeeds is known at once.
     let response = match change {
         Some(change) => model_change::Learned {
@@ -355,6 +363,10 @@ pub struct Outgoing {
     /// The body with the policy's edits applied, or `None` for a streamed upload.
     body: Option<Bytes>,
     upload: Option<RequestBody>,
+    /// First-byte and stream-idle timeouts for this request.
+    timeouts: (Duration, Duration),
+    /// Whether it may move to another backend once sent (the policy may say no).
+    failover: bool,
 }
 
 impl Outgoing {
@@ -365,6 +377,7 @@ impl Outgoing {
         upload: Option<RequestBody>,
         plan: &Plan,
         client: SocketAddr,
+        failover: &Failover,
     ) -> Result<Outgoing, GatewayError> {
         let Read {
             classified,
@@ -435,61 +448,189 @@ impl Outgoing {
             headers,
             body,
             upload,
+            timeouts: failover.timeouts(plan.request.model.as_deref()),
+            failover: true,
         })
     }
 }
 
-/// Phase 5: sends `outgoing` to the candidates in order, moving on only when
-/// one cannot be reached (and marking it unhealthy). Every failed attempt is
-/// kept in `attempts`; when none succeeds, the client's 502 lists them all.
+/// A response head from a backend, with what the rest of the request needs.
+pub struct Forwarded {
+    /// The backend's response (head received, body not yet read).
+    pub response: Response<Incoming>,
+    /// The backend that answered.
+    pub backend: Arc<BackendState>,
+    /// Counts the request in flight there until the body ends.
+    pub in_flight: InFlight,
+    /// Longest gap allowed between body frames.
+    pub stream_idle: Duration,
+}
+
+/// An attempt at one backend that holds a breaker trial: given back if the
+/// attempt ends with neither success nor failure (the client left).
+struct Attempt<'a> {
+    backend: &'a BackendState,
+    pass: Pass,
+    settled: bool,
+}
+
+impl Attempt<'_> {
+    fn succeeded(mut self) {
+        self.settled = true;
+        self.backend.succeeded(self.pass);
+    }
+
+    fn failed(mut self, failure: &Failure) {
+        self.settled = true;
+        self.backend.failed(failure, self.pass);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.backend.abandoned(self.pass);
+        }
+    }
+}
+
+/// Phase 5: sends `outgoing` to the candidates in the policy's order, moving
+/// on (failover) while no byte of an answer has reached the client:
+/// - always when a backend cannot be connected to (nothing was sent);
+/// - for inference and lookups only, when the connection breaks before the
+///   response head, or no head comes within the first-byte timeout (never for
+///   pull, push, create, copy, delete or an unknown path: the backend may have
+///   acted on it);
+/// - for inference and lookups only, when the head's status is one of
+///   `retry_statuses` and another candidate is left (the last one's answer
+///   reaches the client as it is).
+///
+/// A backend that is down or whose breaker is open is skipped, unless every
+/// candidate is (then each is tried in order: the real error beats a made-up
+/// one). Every outcome feeds the backend's health; every failed attempt is
+/// kept in `attempts`, and when none succeeds the client's 502 lists them.
 pub async fn forward(
     gateway: &Gateway,
+    generation: &Generation,
     candidates: Vec<Arc<BackendState>>,
     mut outgoing: Outgoing,
     attempts: &mut Attempts,
-) -> Result<(Response<Incoming>, Arc<BackendState>, InFlight), GatewayError> {
-    for backend in candidates {
+) -> Result<Forwarded, GatewayError> {
+    let failover = &generation.settings.failover;
+    let row = crate::api::endpoint::Row::of(outgoing.endpoint);
+    let resendable = row.work().resendable() && outgoing.failover;
+    let (first_byte, stream_idle) = outgoing.timeouts;
+    let first_byte = (!row.slow_to_answer() && outgoing.upload.is_none()).then_some(first_byte);
+    let order = try_order(candidates);
+    let mut resent_same = false;
+    let mut i = 0;
+    while i < order.len() {
+        let (backend, pass) = &order[i];
+        let last = i + 1 == order.len();
         let body: RequestBody = match (&outgoing.body, outgoing.upload.take()) {
             (Some(bytes), _) => full_request_body(bytes.clone()),
             (None, Some(upload)) => upload,
             // A streamed upload cannot be sent twice.
             (None, None) => break,
         };
+        let attempt = Attempt {
+            backend,
+            pass: *pass,
+            settled: false,
+        };
         // Counted in flight from now: a request waiting for a model to load
         // keeps its backend busy.
         let in_flight = backend.start_request();
-        let sent = gateway
-            .upstream
-            .send(
-                &*backend,
-                &outgoing.method,
-                &outgoing.path,
-                &outgoing.headers,
-                body,
-            )
-            .await;
-        match sent {
-            Ok(response) => {
-                backend.set_healthy();
-                tracing::debug!(backend = %backend.id, path = %outgoing.path, status = %response.status(), "forwarded");
-                return Ok((response, backend, in_flight));
+        let sent = gateway.upstream.send(
+            &**backend,
+            &outgoing.method,
+            &outgoing.path,
+            &outgoing.headers,
+            body,
+        );
+        let sent = match first_byte {
+            Some(limit) => tokio::time::timeout(limit, sent)
+                .await
+                .map_err(|_| Failure::TimedOut(limit)),
+            None => Ok(sent.await),
+        };
+        let failure = match sent {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                if !failover.retries(status.as_u16()) {
+                    attempt.succeeded();
+                    tracing::debug!(backend = %backend.id, path = %outgoing.path, %status, "forwarded");
+                    return Ok(Forwarded {
+                        response,
+                        backend: backend.clone(),
+                        in_flight,
+                        stream_idle,
+                    });
+                }
+                let failure = Failure::Answered(status);
+                attempt.failed(&failure);
+                if last || !resendable {
+                    // The last word is the backend's own.
+                    return Ok(Forwarded {
+                        response,
+                        backend: backend.clone(),
+                        in_flight,
+                        stream_idle,
+                    });
+                }
+                failure
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 let failure = Failure::of_client(&err);
-                // Only an unreachable backend is passed over: once connected,
-                // the backend may have acted on the request.
-                let unreachable = matches!(failure, Failure::Unreachable(_));
-                if unreachable {
-                    backend.set_unhealthy(&failure);
-                }
-                attempts.0.push(BackendError::at(&*backend, failure));
-                if !unreachable {
-                    break;
-                }
+                attempt.failed(&failure);
+                failure
             }
+            Err(timed_out) => {
+                attempt.failed(&timed_out);
+                timed_out
+            }
+        };
+        drop(in_flight);
+        let moves_on = match &failure {
+            // Nothing was sent: any request may go elsewhere.
+            Failure::Unreachable(_) => true,
+            Failure::Local(_) => false,
+            _ => resendable,
+        };
+        attempts
+            .0
+            .push(BackendError::at(&**backend, failure.clone()));
+        if !moves_on {
+            break;
         }
+        // A connection that broke before the head may have been a pooled one
+        // the backend had closed: with no other candidate, the request is
+        // sent once more on a new connection.
+        if last && !resent_same && matches!(failure, Failure::Broken(_)) {
+            resent_same = true;
+            continue;
+        }
+        i += 1;
     }
     Err(GatewayError::Upstream(attempts.clone()))
+}
+
+/// The candidates in the order to try them, each with its pass: those that
+/// may take a request now first, in the policy's order; then, only if none
+/// may, all of them in that order.
+fn try_order(candidates: Vec<Arc<BackendState>>) -> Vec<(Arc<BackendState>, Pass)> {
+    let mut open = Vec::new();
+    let mut order = Vec::new();
+    for backend in candidates {
+        match backend.pass() {
+            Some(pass) => order.push((backend, pass)),
+            None => open.push(backend),
+        }
+    }
+    if order.is_empty() {
+        order = open.into_iter().map(|b| (b, Pass::Normal)).collect();
+    }
+    order
 }
 
 // ---------------------------------------------------------------------------
@@ -497,12 +638,15 @@ pub async fn forward(
 
 /// Phase 6: the backend's response as the client's: hop-by-hop headers
 /// dropped, the body passed through frame by frame ([`Relay`]), counted as
-/// in flight on the backend until it ends.
-pub fn relay(
-    response: Response<Incoming>,
-    backend: &BackendState,
-    in_flight: InFlight,
-) -> Response<ResponseBody> {
+/// in flight on the backend until it ends, and cut with the stream's error
+/// frame when the backend stalls longer than the stream-idle timeout.
+pub fn relay(forwarded: Forwarded) -> Response<ResponseBody> {
+    let Forwarded {
+        response,
+        backend,
+        in_flight,
+        stream_idle,
+    } = forwarded;
     let (mut parts, incoming) = response.into_parts();
     let framing = Framing::of(&parts.headers);
     for name in [
@@ -517,7 +661,7 @@ pub fn relay(
     if framing != Framing::Opaque {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    let body = Relay::new(incoming, framing, backend.id.clone(), in_flight);
+    let body = Relay::new(incoming, framing, backend, in_flight, stream_idle);
     Response::from_parts(parts, body.boxed_unsync())
 }
 

@@ -6,17 +6,23 @@
 //! body, which closes the backend connection and makes Ollama stop generating.
 //!
 //! A stream that breaks mid-way must not look finished: NDJSON gets a last
-//! `{"error":"..."}` line and SSE an error event without `[DONE]`.
+//! `{"error":"..."}` line and SSE an error event without `[DONE]`. A backend
+//! that sends nothing for longer than `stream_idle_timeout` is treated as a
+//! break: the stream ends the same way, and the backend's breaker hears of it.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::fleet::InFlight;
+use crate::fleet::{BackendState, InFlight, Pass};
+use crate::upstream::Failure;
 use crate::BoxError;
 
 /// How the response frames its messages.
@@ -51,29 +57,60 @@ impl Framing {
 pub struct Relay {
     inner: Incoming,
     framing: Framing,
-    backend: String,
+    backend: Arc<BackendState>,
     ended_with_newline: bool,
     finished: bool,
+    /// Longest gap between frames.
+    idle_for: Duration,
+    /// When the last frame came (the idle timer is moved lazily, when it fires).
+    last_frame: Instant,
+    idle: Pin<Box<tokio::time::Sleep>>,
     _in_flight: InFlight,
 }
 
 impl Relay {
-    /// Wraps `inner`; `in_flight` is released when the relay ends or is dropped.
-    pub fn new(inner: Incoming, framing: Framing, backend: String, in_flight: InFlight) -> Relay {
+    /// Wraps `inner`; `in_flight` is released when the relay ends or is
+    /// dropped. A gap of more than `idle_for` between frames ends it.
+    pub fn new(
+        inner: Incoming,
+        framing: Framing,
+        backend: Arc<BackendState>,
+        in_flight: InFlight,
+        idle_for: Duration,
+    ) -> Relay {
+        let now = Instant::now();
         Relay {
             inner,
             framing,
             backend,
             ended_with_newline: true,
             finished: false,
+            idle_for,
+            last_frame: now,
+            idle: Box::pin(tokio::time::sleep_until((now + idle_for).into())),
             _in_flight: in_flight,
         }
     }
 
-    fn error_frame(&self, err: &hyper::Error) -> Option<Bytes> {
+    /// Whether the backend has been silent for longer than allowed; moves the
+    /// timer to the real deadline when a frame came since it was set.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.idle.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = self.last_frame + self.idle_for;
+            if Instant::now() >= deadline {
+                return true;
+            }
+            self.idle.as_mut().reset(deadline.into());
+        }
+    }
+
+    fn error_frame(&self, what: &str) -> Option<Bytes> {
         let message = format!(
-            "llamagate: the stream from backend {:?} broke: {err}",
-            self.backend
+            "llamagate: the stream from backend {:?} {what}",
+            self.backend.id
         );
         match self.framing {
             Framing::Ndjson => {
@@ -105,6 +142,7 @@ impl Body for Relay {
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                self.last_frame = Instant::now();
                 if let Some(data) = frame.data_ref() {
                     if let Some(&last) = data.last() {
                         self.ended_with_newline = last == b'\n';
@@ -114,8 +152,8 @@ impl Body for Relay {
             }
             Poll::Ready(Some(Err(err))) => {
                 self.finished = true;
-                tracing::warn!(backend = %self.backend, "stream broke mid-way: {err}");
-                match self.error_frame(&err) {
+                tracing::warn!(backend = %self.backend.id, "stream broke mid-way: {err}");
+                match self.error_frame(&format!("broke: {err}")) {
                     Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
                     None => Poll::Ready(Some(Err(Box::new(err)))),
                 }
@@ -123,6 +161,18 @@ impl Body for Relay {
             Poll::Ready(None) => {
                 self.finished = true;
                 Poll::Ready(None)
+            }
+            Poll::Pending if self.stalled(cx) => {
+                self.finished = true;
+                let idle_for = self.idle_for;
+                tracing::warn!(backend = %self.backend.id, ?idle_for, "stream stalled: cut");
+                self.backend
+                    .failed(&Failure::TimedOut(idle_for), Pass::Normal);
+                let what = format!("stalled: nothing came for {idle_for:?} (stream_idle_timeout)");
+                match self.error_frame(&what) {
+                    Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                    None => Poll::Ready(Some(Err(format!("backend {what}").into()))),
+                }
             }
             Poll::Pending => Poll::Pending,
         }

@@ -105,17 +105,21 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> anyhow::
     .await
 }
 
-/// Probes the current generation's backends on its interval, forever.
+/// Probes the current generation's backends, forever: each at
+/// `probe_interval`, or at `down_probe_interval` while it is down or its
+/// breaker is open, so a restarted backend is back within a second or two.
 async fn probe_loop(gateway: Arc<Gateway>, upstream: Upstream) {
     loop {
         let generation = gateway.current();
         let interval = generation.settings.probe_interval;
+        let timeout = interval.min(std::time::Duration::from_secs(5));
         generation
             .fleet
-            .probe_all(&upstream, interval.min(std::time::Duration::from_secs(5)))
+            .probe_due(&upstream, interval, timeout)
             .await;
+        let next = generation.fleet.next_probe_in(interval);
         drop(generation);
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(next).await;
     }
 }
 

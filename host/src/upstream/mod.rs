@@ -228,9 +228,14 @@ pub enum Failure {
     /// Connected, then the exchange broke (reset, closed early).
     #[error("failed: {0}")]
     Broken(Cause),
-    /// No complete answer in time.
+    /// No complete answer in time (for a routed request: no response head
+    /// within the first-byte timeout).
     #[error("did not answer within {0:?}")]
     TimedOut(Duration),
+    /// A routed request was answered with a status the operator counts as a
+    /// failure (`retry_statuses`: by default 502, 503, 504).
+    #[error("answered {0}")]
+    Answered(http::StatusCode),
     /// A listing or probe got a status other than 2xx.
     #[error("answered {status} to GET {path}")]
     Status {
