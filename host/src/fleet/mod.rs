@@ -258,6 +258,7 @@ fn percent_decode(text: &str) -> Vec<u8> {
 /// All backends, in configuration order.
 pub struct Fleet {
     backends: Vec<Arc<BackendState>>,
+    health: HealthConfig,
 }
 
 impl Fleet {
@@ -301,7 +302,7 @@ impl Fleet {
             *backend.settings.write().unwrap() =
                 settings.get(&backend.id).copied().unwrap_or_default();
         }
-        Ok(Fleet { backends })
+        Ok(Fleet { backends, health })
     }
 
     /// All backends.
@@ -361,13 +362,11 @@ impl Fleet {
         futures_util::future::join_all(probes).await;
     }
 
-    /// The shortest interval any backend wants probes at now.
-    pub fn next_probe_in(&self, normal: Duration) -> Duration {
-        self.backends
-            .iter()
-            .map(|b| b.tracker.probe_interval(normal))
-            .min()
-            .unwrap_or(normal)
+    /// How often the prober looks for backends due a probe: the short
+    /// interval, so a backend a request found down is probed again within it
+    /// (looking costs nothing; only backends due are probed).
+    pub fn probe_tick(&self, normal: Duration) -> Duration {
+        normal.min(self.health.down_probe_interval)
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`shadow`]: the shadow chain, compared off the request path.
 //! - [`fanout`] and [`listing_cache`]: listings asked of every backend and merged.
 //! - [`relay`]: the backend's answer passed through, frame by frame.
+//! - [`rename`]: an alias kept in the answer's `model` field, frame by frame.
 //! - [`model_change`]: a pull, create, copy or delete learned at once.
 //! - [`body_pace`]: the pace a request body must keep.
 //! - [`record`]: requests written to a file for `llamagate plugin replay`.
@@ -21,5 +22,6 @@ pub mod model_change;
 pub mod pipeline;
 pub mod record;
 pub mod relay;
+pub mod rename;
 pub mod shadow;
 pub mod state;

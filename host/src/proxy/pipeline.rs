@@ -107,6 +107,7 @@ async fn serve(
     record.model_served = plan.request.model.clone();
     record.principal = plan.principal.clone();
     let candidates = admit(&generation.fleet, &plan, read.classified.endpoint)?;
+    let read_row = read.classified.row;
     let outgoing = Outgoing::of(read, upload, &plan, client, &generation.settings.failover)?;
     let change = model_change::change_of(
         outgoing.endpoint,
@@ -124,6 +125,10 @@ async fn serve(
     let backend = forwarded.backend.clone();
     record.backend = Some(backend.id.clone());
     let response = relay(forwarded);
+    let response = match (plan.model_changed, record.model_asked.as_deref()) {
+        (true, Some(asked)) => kept_alias(response, read_row, asked),
+        _ => response,
+    };
     // A pull, create, copy or delete that succeeds is known at once.
     let response = match change {
         Some(change) => model_change::Learned {
@@ -521,12 +526,9 @@ pub async fn forward(
     let resendable = row.work().resendable() && outgoing.failover;
     let (first_byte, stream_idle) = outgoing.timeouts;
     let first_byte = (!row.slow_to_answer() && outgoing.upload.is_none()).then_some(first_byte);
-    let order = try_order(candidates);
+    let mut order = TryOrder::new(candidates);
     let mut resent_same = false;
-    let mut i = 0;
-    while i < order.len() {
-        let (backend, pass) = &order[i];
-        let last = i + 1 == order.len();
+    while let Some((backend, pass, last)) = order.next() {
         let body: RequestBody = match (&outgoing.body, outgoing.upload.take()) {
             (Some(bytes), _) => full_request_body(bytes.clone()),
             (None, Some(upload)) => upload,
@@ -534,15 +536,15 @@ pub async fn forward(
             (None, None) => break,
         };
         let attempt = Attempt {
-            backend,
-            pass: *pass,
+            backend: &backend,
+            pass,
             settled: false,
         };
         // Counted in flight from now: a request waiting for a model to load
         // keeps its backend busy.
         let in_flight = backend.start_request();
         let sent = gateway.upstream.send(
-            &**backend,
+            &*backend,
             &outgoing.method,
             &outgoing.path,
             &outgoing.headers,
@@ -597,9 +599,7 @@ pub async fn forward(
             Failure::Local(_) => false,
             _ => resendable,
         };
-        attempts
-            .0
-            .push(BackendError::at(&**backend, failure.clone()));
+        attempts.0.push(BackendError::at(&*backend, failure.clone()));
         if !moves_on {
             break;
         }
@@ -608,29 +608,67 @@ pub async fn forward(
         // sent once more on a new connection.
         if last && !resent_same && matches!(failure, Failure::Broken(_)) {
             resent_same = true;
-            continue;
+            order.again(backend);
         }
-        i += 1;
     }
     Err(GatewayError::Upstream(attempts.clone()))
 }
 
-/// The candidates in the order to try them, each with its pass: those that
-/// may take a request now first, in the policy's order; then, only if none
-/// may, all of them in that order.
-fn try_order(candidates: Vec<Arc<BackendState>>) -> Vec<(Arc<BackendState>, Pass)> {
-    let mut open = Vec::new();
-    let mut order = Vec::new();
-    for backend in candidates {
-        match backend.pass() {
-            Some(pass) => order.push((backend, pass)),
-            None => open.push(backend),
+/// The candidates in the order to try them: those that may take a request
+/// now (up, or half-open with a trial free), in the policy's order; then, only
+/// if none of them could be tried, every other one in that order ("panic
+/// mode": the real error beats a made-up one).
+struct TryOrder {
+    list: std::collections::VecDeque<Arc<BackendState>>,
+    /// Down, open, or half-open with its trials taken.
+    passed_over: Vec<Arc<BackendState>>,
+    panic: bool,
+    tried: bool,
+}
+
+impl TryOrder {
+    fn new(candidates: Vec<Arc<BackendState>>) -> TryOrder {
+        let (usable, passed_over): (Vec<_>, Vec<_>) =
+            candidates.into_iter().partition(|b| b.healthy());
+        TryOrder {
+            list: usable.into(),
+            passed_over,
+            panic: false,
+            tried: false,
         }
     }
-    if order.is_empty() {
-        order = open.into_iter().map(|b| (b, Pass::Normal)).collect();
+
+    /// The next backend, its pass (a trial is taken here, only for the
+    /// backend about to be tried), and whether it is the last one.
+    fn next(&mut self) -> Option<(Arc<BackendState>, Pass, bool)> {
+        loop {
+            let Some(backend) = self.list.pop_front() else {
+                if self.tried || self.panic || self.passed_over.is_empty() {
+                    return None;
+                }
+                self.panic = true;
+                self.list = std::mem::take(&mut self.passed_over).into();
+                continue;
+            };
+            let pass = match self.panic {
+                true => Some(Pass::Normal),
+                false => backend.pass(),
+            };
+            match pass {
+                Some(pass) => {
+                    self.tried = true;
+                    let last = self.list.is_empty();
+                    return Some((backend, pass, last));
+                }
+                None => self.passed_over.push(backend),
+            }
+        }
     }
-    order
+
+    /// Tries `backend` once more, next.
+    fn again(&mut self, backend: Arc<BackendState>) {
+        self.list.push_front(backend);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -663,6 +701,43 @@ pub fn relay(forwarded: Forwarded) -> Response<ResponseBody> {
     }
     let body = Relay::new(incoming, framing, backend, in_flight, stream_idle);
     Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// The answer to a request whose model the policy renamed (an alias), with
+/// the name the client asked for in its `model` field (`id` for
+/// `/v1/models/{model}`), in every frame, without holding the stream back
+/// ([`crate::proxy::rename`]). A compressed body is left as it is.
+fn kept_alias(
+    response: Response<ResponseBody>,
+    row: &crate::api::endpoint::Row,
+    asked: &str,
+) -> Response<ResponseBody> {
+    use crate::api::endpoint::Work;
+    use crate::proxy::rename::{renamed, Rename};
+    let field = match row.endpoint {
+        Endpoint::OpenaiModel => "id",
+        _ if row.work() == Work::Inference => "model",
+        _ => return response,
+    };
+    let headers = response.headers();
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let framing = Framing::of(headers);
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if encoded || (framing == Framing::Opaque && !json) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let rename = Rename {
+        field,
+        to: asked.to_string(),
+    };
+    let body = renamed(body, framing, json, rename).boxed_unsync();
+    Response::from_parts(parts, body)
 }
 
 // ---------------------------------------------------------------------------

@@ -117,7 +117,7 @@ async fn probe_loop(gateway: Arc<Gateway>, upstream: Upstream) {
             .fleet
             .probe_due(&upstream, interval, timeout)
             .await;
-        let next = generation.fleet.next_probe_in(interval);
+        let next = generation.fleet.probe_tick(interval);
         drop(generation);
         tokio::time::sleep(next).await;
     }
