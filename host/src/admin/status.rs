@@ -105,6 +105,9 @@ pub fn answer(
 /// The status document.
 pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
     let generation = gateway.current();
+    let admission = generation.fleet.admission();
+    let queue = admission.stats();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     let backends: Vec<_> = generation
         .fleet
         .all()
@@ -112,6 +115,7 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
         .map(|backend| {
             let state = backend.health();
             let settings = backend.settings();
+            let load = admission.backend_load(&backend.id).unwrap_or_default();
             let b = backend.view();
             json!({
                 "id": b.id,
@@ -122,6 +126,8 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
                 "parallel": settings.parallel,
                 "slots": settings.slots,
                 "vram": settings.vram,
+                "in_use": load.in_use,
+                "queued": load.queued,
                 "in_flight": b.in_flight,
                 "models": b.models,
                 "loaded": b.loaded.iter().map(|l| json!({
@@ -149,6 +155,21 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
             "dropped": stats.dropped.load(Ordering::Relaxed),
         })),
         "last_reload": *gateway.last_reload.lock().unwrap(),
+        "queue": {
+            "depth": queue.depth,
+            "max_queue": queue.max_queue,
+            "timeout_ms": generation.fleet.queue().timeout.as_millis() as u64,
+            "by_key": queue.by_key.iter()
+                .map(|(key, n)| json!({"key": key, "waiting": n}))
+                .collect::<Vec<_>>(),
+            "waits": queue.waits,
+            "wait_p50_ms": ms(queue.wait_p50),
+            "wait_p99_ms": ms(queue.wait_p99),
+            "wait_max_ms": ms(queue.wait_max),
+            "cancelled": queue.cancelled,
+            "refused_full": queue.refused.queue_full,
+            "refused_timed_out": queue.refused.timed_out,
+        },
         "backends": backends,
     });
     json(StatusCode::OK, &body, false)

@@ -47,6 +47,15 @@ pub enum GatewayError {
     /// A listing no backend could answer.
     #[error("{0}")]
     Unanswered(#[from] Unanswered),
+    /// No slot came free in time on any backend for the model (or the queue
+    /// is full): 429 with `Retry-After`.
+    #[error("{message}")]
+    Queued {
+        /// What happened, for the client.
+        message: String,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
     /// A bug in llamagate itself.
     #[error("llamagate internal error: {0}")]
     Internal(String),
@@ -85,6 +94,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Client { status, .. } => *status,
+            GatewayError::Queued { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Plugin(PluginError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Plugin(_)
             | GatewayError::PluginAnswer { .. }
@@ -122,12 +132,16 @@ impl GatewayError {
             }
             _ => {}
         }
-        let busy = matches!(self, GatewayError::Plugin(PluginError::Busy { .. }));
+        let retry_after = match &self {
+            GatewayError::Plugin(PluginError::Busy { .. }) => Some(1),
+            GatewayError::Queued { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            _ => None,
+        };
         let mut response = error_response(style, status, &self.to_string());
-        if busy {
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

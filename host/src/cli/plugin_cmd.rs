@@ -95,17 +95,12 @@ pub fn test(args: TestArgs) -> anyhow::Result<()> {
         specs.push(spec);
         (
             load_chain(&runtime, &specs)?,
-            Fleet::new(
-                &config.connections,
-                config.health,
-                &config.backend_settings,
-                None,
-            )?,
+            Fleet::new(&config.connections, &config.fleet, None)?,
         )
     } else {
         (
             load_chain(&runtime, &[spec])?,
-            Fleet::new(&[], Default::default(), &Default::default(), None)?,
+            Fleet::new(&[], &Default::default(), None)?,
         )
     };
     let chain = Arc::new(chain);

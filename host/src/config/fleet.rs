@@ -18,6 +18,18 @@ pub const OLLAMA_NUM_PARALLEL: u32 = 1;
 /// Ollama's default `OLLAMA_MAX_LOADED_MODELS` per GPU.
 pub const OLLAMA_MAX_LOADED_MODELS: u32 = 3;
 
+/// What the fleet is built with besides its backends' URLs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// Slots and memory of backends given in table form, by id (the others
+    /// get [`BackendSettings::default`]).
+    pub backends: BTreeMap<String, BackendSettings>,
+    /// Probe and breaker thresholds (`[health]`, `[breaker]`).
+    pub health: HealthConfig,
+    /// The queue for slots (`queue_timeout`, `max_queue`).
+    pub queue: QueueSettings,
+}
+
 /// Thresholds and times of health tracking (`[health]` and `[breaker]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HealthConfig {

@@ -46,15 +46,10 @@ pub struct Config {
     pub listing_cache: Duration,
     /// Backends, `(id, url)`, in order.
     pub connections: Vec<(String, String)>,
-    /// Slots and memory of backends given in table form, by id (the others
-    /// get [`fleet::BackendSettings::default`]).
-    pub backend_settings: std::collections::BTreeMap<String, fleet::BackendSettings>,
-    /// Probe and breaker thresholds (`[health]`, `[breaker]`).
-    pub health: fleet::HealthConfig,
+    /// Backends' slots and memory, health thresholds, the queue.
+    pub fleet: fleet::FleetSettings,
     /// When a request moves on, and its timeouts.
     pub failover: fleet::Failover,
-    /// The queue for slots (`queue_timeout`, `max_queue`).
-    pub queue: fleet::QueueSettings,
     /// The plugin chain, in order.
     pub plugins: Vec<PluginSpec>,
     /// A second chain that sees every request but whose decisions are only
@@ -459,15 +454,17 @@ impl Config {
             )?,
             listing_cache: duration(file.listing_cache, "listing_cache", Duration::from_secs(1))?,
             connections,
-            backend_settings,
-            health: fleet::health(&file.health, &file.breaker)?,
+            fleet: fleet::FleetSettings {
+                backends: backend_settings,
+                health: fleet::health(&file.health, &file.breaker)?,
+                queue: fleet::queue(file.queue_timeout.as_ref(), file.max_queue)?,
+            },
             failover: fleet::failover(
                 file.first_byte_timeout.as_ref(),
                 file.stream_idle_timeout.as_ref(),
                 file.retry_statuses.as_deref(),
                 &file.model_timeouts,
             )?,
-            queue: fleet::queue(file.queue_timeout.as_ref(), file.max_queue)?,
             watched_files: plugins
                 .iter()
                 .chain(&shadow)

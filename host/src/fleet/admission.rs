@@ -141,7 +141,7 @@ impl Refusal {
 }
 
 /// Load of one backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendLoad {
     /// Configured requests at once, all models.
     pub slots: u32,

@@ -12,7 +12,7 @@
 //! userinfo, and the credentials go to that backend only, as its
 //! `Authorization: Basic` header ([`BackendState::authorization`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -24,7 +24,11 @@ use serde::Deserialize;
 use crate::plugin::{Backend, LoadedModel};
 use crate::upstream::{Destination, Failure, Upstream};
 
+pub mod admission;
 pub mod health;
+
+pub use crate::config::fleet::{FleetSettings, QueueSettings};
+use admission::{Admission, Limits};
 
 pub use crate::config::fleet::BackendSettings;
 pub use health::{Health, HealthConfig, Pass};
@@ -259,6 +263,8 @@ fn percent_decode(text: &str) -> Vec<u8> {
 pub struct Fleet {
     backends: Vec<Arc<BackendState>>,
     health: HealthConfig,
+    queue: QueueSettings,
+    admission: Arc<Admission>,
 }
 
 impl Fleet {
@@ -266,10 +272,10 @@ impl Fleet {
     /// models, requests in flight) of backends `previous` had with the same id and URL.
     pub fn new(
         backends: &[(String, String)],
-        health: HealthConfig,
-        settings: &BTreeMap<String, BackendSettings>,
+        settings: &FleetSettings,
         previous: Option<&Fleet>,
     ) -> anyhow::Result<Fleet> {
+        let health = settings.health;
         let backends: Vec<Arc<BackendState>> = backends
             .iter()
             .map(|(id, url)| {
@@ -297,12 +303,47 @@ impl Fleet {
                 }))
             })
             .collect::<anyhow::Result<_>>()?;
+        // The queue and the slots in use outlive a reload.
+        let admission = match previous {
+            Some(p) => p.admission.clone(),
+            None => Admission::new(settings.queue.max),
+        };
+        admission.set_max_queue(settings.queue.max);
         for backend in &backends {
             backend.tracker.configure(health);
-            *backend.settings.write().unwrap() =
-                settings.get(&backend.id).copied().unwrap_or_default();
+            let own = settings
+                .backends
+                .get(&backend.id)
+                .copied()
+                .unwrap_or_default();
+            *backend.settings.write().unwrap() = own;
+            admission.configure(
+                &backend.id,
+                Limits {
+                    slots: own.slots,
+                    parallel: own.parallel,
+                },
+            );
         }
-        Ok(Fleet { backends, health })
+        let ids: Vec<&str> = backends.iter().map(|b| b.id.as_str()).collect();
+        admission.retain(&ids);
+        Ok(Fleet {
+            backends,
+            health,
+            queue: settings.queue,
+            admission,
+        })
+    }
+
+    /// Slots and the queue of requests waiting for one (shared with the
+    /// fleets of earlier and later generations).
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// The queue's settings.
+    pub fn queue(&self) -> QueueSettings {
+        self.queue
     }
 
     /// All backends.
@@ -464,8 +505,7 @@ mod tests {
                 ("a".into(), "http://admin:p%40ss%2Fw@gpu-01:11434/".into()),
                 ("b".into(), "http://gpu-02:11434".into()),
             ],
-            HealthConfig::default(),
-            &BTreeMap::new(),
+            &FleetSettings::default(),
             None,
         )
         .unwrap();
@@ -481,16 +521,14 @@ mod tests {
         // A new password is a new backend; the same URL keeps its state.
         let same = Fleet::new(
             &[("a".into(), "http://admin:p%40ss%2Fw@gpu-01:11434".into())],
-            HealthConfig::default(),
-            &BTreeMap::new(),
+            &FleetSettings::default(),
             Some(&fleet),
         )
         .unwrap();
         assert!(Arc::ptr_eq(same.get("a").unwrap(), a));
         let changed = Fleet::new(
             &[("a".into(), "http://admin:new@gpu-01:11434".into())],
-            HealthConfig::default(),
-            &BTreeMap::new(),
+            &FleetSettings::default(),
             Some(&fleet),
         )
         .unwrap();

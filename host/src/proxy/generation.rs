@@ -108,12 +108,7 @@ pub fn build(
         number,
         chain: Arc::new(chain),
         shadow,
-        fleet: Arc::new(Fleet::new(
-            &config.connections,
-            config.health,
-            &config.backend_settings,
-            previous,
-        )?),
+        fleet: Arc::new(Fleet::new(&config.connections, &config.fleet, previous)?),
         listings: Arc::new(Listings::new(config.listing_cache)),
         settings: Settings {
             max_body_size: config.max_body_size,

@@ -39,6 +39,7 @@ use crate::api::endpoint::{
 use crate::api::error::{error_response, model_not_found, text_response, GatewayError};
 use crate::api::intake::{self, body_error, Intake};
 use crate::config::fleet::Failover;
+use crate::fleet::admission::{Admission, Ask, Permit, Refusal};
 use crate::fleet::{BackendState, Fleet, InFlight, Pass};
 use crate::plugin::{Facts, Header};
 use crate::policy::{Outcome, Plan};
@@ -108,7 +109,8 @@ async fn serve(
     record.principal = plan.principal.clone();
     let candidates = admit(&generation.fleet, &plan, read.classified.endpoint)?;
     let read_row = read.classified.row;
-    let outgoing = Outgoing::of(read, upload, &plan, client, &generation.settings.failover)?;
+    let mut outgoing = Outgoing::of(read, upload, &plan, client, &generation.settings.failover)?;
+    outgoing.slot = slot_for(read_row, &plan, client, generation.fleet.queue());
     let change = model_change::change_of(
         outgoing.endpoint,
         plan.request.model.as_deref(),
@@ -354,6 +356,29 @@ pub fn admit(
         .collect()
 }
 
+/// The slot an inference request needs: its model, its fairness key (the
+/// policy's principal, else the client's IP address), priority and wait.
+fn slot_for(
+    row: &crate::api::endpoint::Row,
+    plan: &Plan,
+    client: SocketAddr,
+    queue: crate::fleet::QueueSettings,
+) -> Option<Slot> {
+    if row.work() != crate::api::endpoint::Work::Inference {
+        return None;
+    }
+    let model = plan.request.model.as_deref()?;
+    Some(Slot {
+        model: llamagate_sdk::names::key(model),
+        key: match &plan.principal {
+            Some(principal) => principal.clone(),
+            None => client.ip().to_canonical().to_string(),
+        },
+        priority: 0,
+        max_wait: queue.timeout,
+    })
+}
+
 // ---------------------------------------------------------------------------
 // 5. forward
 
@@ -372,6 +397,8 @@ pub struct Outgoing {
     timeouts: (Duration, Duration),
     /// Whether it may move to another backend once sent (the policy may say no).
     failover: bool,
+    /// For inference: the slot it needs.
+    slot: Option<Slot>,
 }
 
 impl Outgoing {
@@ -455,6 +482,7 @@ impl Outgoing {
             upload,
             timeouts: failover.timeouts(plan.request.model.as_deref()),
             failover: true,
+            slot: None,
         })
     }
 }
@@ -467,6 +495,8 @@ pub struct Forwarded {
     pub backend: Arc<BackendState>,
     /// Counts the request in flight there until the body ends.
     pub in_flight: InFlight,
+    /// The slot it holds there until the body ends (inference only).
+    pub permit: Option<Permit>,
     /// Longest gap allowed between body frames.
     pub stream_idle: Duration,
 }
@@ -528,7 +558,10 @@ pub async fn forward(
     let first_byte = (!row.slow_to_answer() && outgoing.upload.is_none()).then_some(first_byte);
     let mut order = TryOrder::new(candidates);
     let mut resent_same = false;
-    while let Some((backend, pass, last)) = order.next() {
+    let admission = generation.fleet.admission();
+    while let Some((backend, pass, last, permit)) =
+        order.next(admission, outgoing.slot.as_ref()).await?
+    {
         let body: RequestBody = match (&outgoing.body, outgoing.upload.take()) {
             (Some(bytes), _) => full_request_body(bytes.clone()),
             (None, Some(upload)) => upload,
@@ -566,6 +599,7 @@ pub async fn forward(
                         response,
                         backend: backend.clone(),
                         in_flight,
+                        permit,
                         stream_idle,
                     });
                 }
@@ -577,6 +611,7 @@ pub async fn forward(
                         response,
                         backend: backend.clone(),
                         in_flight,
+                        permit,
                         stream_idle,
                     });
                 }
@@ -593,13 +628,16 @@ pub async fn forward(
             }
         };
         drop(in_flight);
+        drop(permit);
         let moves_on = match &failure {
             // Nothing was sent: any request may go elsewhere.
             Failure::Unreachable(_) => true,
             Failure::Local(_) => false,
             _ => resendable,
         };
-        attempts.0.push(BackendError::at(&*backend, failure.clone()));
+        attempts
+            .0
+            .push(BackendError::at(&*backend, failure.clone()));
         if !moves_on {
             break;
         }
@@ -612,6 +650,42 @@ pub async fn forward(
         }
     }
     Err(GatewayError::Upstream(attempts.clone()))
+}
+
+/// What a request that takes a slot asks admission for.
+pub struct Slot {
+    /// The model, normalised.
+    pub model: String,
+    /// The fairness key: the policy's principal, else the client's address.
+    pub key: String,
+    /// Higher is served first.
+    pub priority: i32,
+    /// Longest wait in the queue.
+    pub max_wait: Duration,
+}
+
+/// The client's answer when no slot came free: 429 with `Retry-After`.
+fn queued(refusal: Refusal, model: &str) -> GatewayError {
+    let retry_after = refusal.retry_after().unwrap_or(Duration::from_secs(1));
+    let message = match refusal {
+        Refusal::QueueFull { .. } => format!(
+            "llamagate: too many requests are waiting for a backend (max_queue); retry in {}s",
+            retry_after.as_secs().max(1)
+        ),
+        Refusal::TimedOut { waited, .. } => format!(
+            "llamagate: every backend for model {model:?} stayed busy for {:.1}s (queue_timeout); \
+             retry in {}s",
+            waited.as_secs_f64(),
+            retry_after.as_secs().max(1)
+        ),
+        Refusal::NoCandidate => {
+            return GatewayError::Internal(format!("no slot can exist for model {model:?}"))
+        }
+    };
+    GatewayError::Queued {
+        message,
+        retry_after,
+    }
 }
 
 /// The candidates in the order to try them: those that may take a request
@@ -639,15 +713,45 @@ impl TryOrder {
     }
 
     /// The next backend, its pass (a trial is taken here, only for the
-    /// backend about to be tried), and whether it is the last one.
-    fn next(&mut self) -> Option<(Arc<BackendState>, Pass, bool)> {
+    /// backend about to be tried), whether it is the last one, and, for a
+    /// request that takes a slot, its slot there: the first of the remaining
+    /// candidates with a free slot, after waiting in the queue if none has.
+    async fn next(
+        &mut self,
+        admission: &Arc<Admission>,
+        slot: Option<&Slot>,
+    ) -> Result<Option<(Arc<BackendState>, Pass, bool, Option<Permit>)>, GatewayError> {
         loop {
-            let Some(backend) = self.list.pop_front() else {
+            if self.list.is_empty() {
                 if self.tried || self.panic || self.passed_over.is_empty() {
-                    return None;
+                    return Ok(None);
                 }
                 self.panic = true;
                 self.list = std::mem::take(&mut self.passed_over).into();
+            }
+            let (at, permit) = match slot {
+                None => (0, None),
+                Some(slot) => {
+                    let ids: Vec<&str> = self.list.iter().map(|b| b.id.as_str()).collect();
+                    let permit = admission
+                        .acquire(Ask {
+                            candidates: &ids,
+                            model: &slot.model,
+                            key: &slot.key,
+                            priority: slot.priority,
+                            max_wait: slot.max_wait,
+                        })
+                        .await
+                        .map_err(|refusal| queued(refusal, &slot.model))?;
+                    let at = self
+                        .list
+                        .iter()
+                        .position(|b| b.id == permit.backend())
+                        .unwrap_or(0);
+                    (at, Some(permit))
+                }
+            };
+            let Some(backend) = self.list.remove(at) else {
                 continue;
             };
             let pass = match self.panic {
@@ -658,7 +762,7 @@ impl TryOrder {
                 Some(pass) => {
                     self.tried = true;
                     let last = self.list.is_empty();
-                    return Some((backend, pass, last));
+                    return Ok(Some((backend, pass, last, permit)));
                 }
                 None => self.passed_over.push(backend),
             }
@@ -683,6 +787,7 @@ pub fn relay(forwarded: Forwarded) -> Response<ResponseBody> {
         response,
         backend,
         in_flight,
+        permit,
         stream_idle,
     } = forwarded;
     let (mut parts, incoming) = response.into_parts();
@@ -699,7 +804,7 @@ pub fn relay(forwarded: Forwarded) -> Response<ResponseBody> {
     if framing != Framing::Opaque {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    let body = Relay::new(incoming, framing, backend, in_flight, stream_idle);
+    let body = Relay::new(incoming, framing, backend, (in_flight, permit), stream_idle);
     Response::from_parts(parts, body.boxed_unsync())
 }
 

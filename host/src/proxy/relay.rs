@@ -21,6 +21,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::fleet::admission::Permit;
 use crate::fleet::{BackendState, InFlight, Pass};
 use crate::upstream::Failure;
 use crate::BoxError;
@@ -65,17 +66,18 @@ pub struct Relay {
     /// When the last frame came (the idle timer is moved lazily, when it fires).
     last_frame: Instant,
     idle: Pin<Box<tokio::time::Sleep>>,
-    _in_flight: InFlight,
+    /// Held until the relay ends: the in-flight count and the slot.
+    _held: (InFlight, Option<Permit>),
 }
 
 impl Relay {
-    /// Wraps `inner`; `in_flight` is released when the relay ends or is
-    /// dropped. A gap of more than `idle_for` between frames ends it.
+    /// Wraps `inner`; `held` (the in-flight count, the slot) is released when
+    /// the relay is dropped. A gap of more than `idle_for` between frames ends it.
     pub fn new(
         inner: Incoming,
         framing: Framing,
         backend: Arc<BackendState>,
-        in_flight: InFlight,
+        held: (InFlight, Option<Permit>),
         idle_for: Duration,
     ) -> Relay {
         let now = Instant::now();
@@ -88,7 +90,7 @@ impl Relay {
             idle_for,
             last_frame: now,
             idle: Box::pin(tokio::time::sleep_until((now + idle_for).into())),
-            _in_flight: in_flight,
+            _held: held,
         }
     }
 
