@@ -11,11 +11,13 @@
 //! - [`relay`]: the backend's answer passed through, frame by frame.
 //! - [`rename`]: an alias kept in the answer's `model` field, frame by frame.
 //! - [`model_change`]: a pull, create, copy or delete learned at once.
+//! - [`fleetwide`]: a pull or delete sent to every backend chosen for it.
 //! - [`body_pace`]: the pace a request body must keep.
 //! - [`record`]: requests written to a file for `llamagate plugin replay`.
 
 pub mod body_pace;
 pub mod fanout;
+pub mod fleetwide;
 pub mod generation;
 pub mod listing_cache;
 pub mod model_change;

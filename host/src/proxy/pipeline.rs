@@ -116,6 +116,35 @@ async fn serve(
         plan.request.model.as_deref(),
         outgoing.body.as_deref(),
     );
+    if crate::proxy::fleetwide::applies(outgoing.endpoint, candidates.len()) {
+        if let Some(body) = outgoing.body.clone() {
+            record.backend = Some(
+                candidates
+                    .iter()
+                    .map(|b| b.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+            let call = crate::proxy::fleetwide::Call {
+                endpoint: outgoing.endpoint,
+                method: &outgoing.method,
+                path: &outgoing.path,
+                headers: &outgoing.headers,
+                body,
+                streaming: plan.request.streaming,
+                change,
+            };
+            let response = crate::proxy::fleetwide::serve(
+                &gateway.upstream,
+                &generation.listings,
+                candidates,
+                call,
+                probe_timeout(&generation),
+            )
+            .await;
+            return Ok(explained(response, trace, None));
+        }
+    }
     let forwarded = forward(
         gateway,
         &generation,
@@ -138,15 +167,20 @@ async fn serve(
             change,
             listings: generation.listings.clone(),
             upstream: gateway.upstream.clone(),
-            probe_timeout: generation
-                .settings
-                .probe_interval
-                .min(Duration::from_secs(5)),
+            probe_timeout: probe_timeout(&generation),
         }
         .once_succeeded(response),
         None => response,
     };
     Ok(explained(response, trace, Some(&backend.id)))
+}
+
+/// How long the re-probe after a model change may take.
+fn probe_timeout(generation: &Generation) -> Duration {
+    generation
+        .settings
+        .probe_interval
+        .min(Duration::from_secs(5))
 }
 
 // ---------------------------------------------------------------------------
