@@ -28,6 +28,73 @@ pub struct FleetSettings {
     pub health: HealthConfig,
     /// The queue for slots (`queue_timeout`, `max_queue`).
     pub queue: QueueSettings,
+    /// Models kept loaded (`[[hot]]`).
+    pub hot: Vec<HotModel>,
+}
+
+/// A model kept loaded on some backends (`[[hot]]`): preloaded at start,
+/// kept warm, and loaded again where a backend lost it (a restart).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HotModel {
+    /// The model, as the backends name it (no alias).
+    pub model: String,
+    /// Backends it should be loaded on (`replicas`, default 1).
+    pub replicas: u32,
+    /// The `keep_alive` sent with each load, in seconds; -1: until unloaded
+    /// (`keep_alive`, default 30 minutes, refreshed before it runs out).
+    pub keep_alive: i64,
+}
+
+/// One `[[hot]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHot {
+    /// `model`
+    pub model: String,
+    /// `replicas`
+    pub replicas: Option<u32>,
+    /// `keep_alive`: a duration (`"30m"`), seconds, or `-1` (never unload).
+    pub keep_alive: Option<toml::Value>,
+}
+
+/// `[[hot]]` made whole.
+pub fn hot(entries: &[FileHot]) -> anyhow::Result<Vec<HotModel>> {
+    let mut out: Vec<HotModel> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let key = |field: &str| format!("hot[{i}].{field}");
+        anyhow::ensure!(!entry.model.trim().is_empty(), "{}: empty", key("model"));
+        if out
+            .iter()
+            .any(|h| llamagate_sdk::names::same(&h.model, &entry.model))
+        {
+            bail!("{}: {:?} is given twice", key("model"), entry.model);
+        }
+        let keep_alive = match &entry.keep_alive {
+            None => 30 * 60,
+            Some(toml::Value::Integer(n)) if *n < 0 => -1,
+            Some(toml::Value::Integer(n)) => *n,
+            Some(toml::Value::String(t)) if t.trim().starts_with('-') => -1,
+            Some(toml::Value::String(t)) => parse_duration(t)
+                .with_context(|| key("keep_alive"))?
+                .as_secs() as i64,
+            Some(other) => bail!(
+                "{}: expected a duration (\"30m\"), seconds, or -1, not {}",
+                key("keep_alive"),
+                other.type_str()
+            ),
+        };
+        anyhow::ensure!(
+            keep_alive != 0,
+            "{}: 0 would unload it at once",
+            key("keep_alive")
+        );
+        out.push(HotModel {
+            model: entry.model.trim().to_string(),
+            replicas: at_least_one(entry.replicas, &key("replicas"), 1)?,
+            keep_alive,
+        });
+    }
+    Ok(out)
 }
 
 /// Thresholds and times of health tracking (`[health]` and `[breaker]`).

@@ -186,6 +186,9 @@ pub struct FileConfig {
     /// `[health]`: probe thresholds.
     #[serde(default)]
     pub health: fleet::FileHealth,
+    /// `[[hot]]`: models kept loaded.
+    #[serde(default)]
+    pub hot: Vec<fleet::FileHot>,
     /// `[breaker]`: request-failure thresholds.
     #[serde(default)]
     pub breaker: fleet::FileBreaker,
@@ -458,6 +461,7 @@ impl Config {
                 backends: backend_settings,
                 health: fleet::health(&file.health, &file.breaker)?,
                 queue: fleet::queue(file.queue_timeout.as_ref(), file.max_queue)?,
+                hot: fleet::hot(&file.hot)?,
             },
             failover: fleet::failover(
                 file.first_byte_timeout.as_ref(),

@@ -26,6 +26,7 @@ use crate::upstream::{Destination, Failure, Upstream};
 
 pub mod admission;
 pub mod health;
+pub mod warm;
 
 pub use crate::config::fleet::{FleetSettings, QueueSettings};
 use admission::{Admission, Limits};
@@ -76,18 +77,94 @@ struct Seen {
     /// [`names::key`] of every model, to answer "does it serve X" without
     /// normalising every name on every request.
     keys: HashSet<String>,
+    /// Size on disk by [`names::key`] (its `/api/tags` `size`).
+    sizes: std::collections::HashMap<String, u64>,
     loaded: Vec<LoadedModel>,
+    /// Per loaded model (same order as `loaded`): its key, bytes in memory,
+    /// and when Ollama unloads it (Unix seconds; `None`: not said).
+    resident: Vec<Resident>,
+}
+
+/// What `/api/ps` says of one loaded model beyond [`LoadedModel`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resident {
+    /// [`names::key`] of its name.
+    pub key: String,
+    /// Bytes in memory (`size`).
+    pub size: u64,
+    /// When it is unloaded, in Unix seconds (`expires_at`).
+    pub expires_at: Option<i64>,
 }
 
 impl Seen {
-    fn new(models: Vec<String>, loaded: Vec<LoadedModel>) -> Seen {
-        let keys = models.iter().map(|m| names::key(m)).collect();
+    fn new(tags: Vec<TagEntry>, ps: Vec<TagEntry>) -> Seen {
+        let keys = tags.iter().map(|m| names::key(&m.name)).collect();
+        let sizes = tags.iter().map(|m| (names::key(&m.name), m.size)).collect();
+        let resident = ps
+            .iter()
+            .map(|m| Resident {
+                key: names::key(&m.name),
+                size: m.size,
+                expires_at: m.expires_at.as_deref().and_then(unix_seconds),
+            })
+            .collect();
+        let loaded = ps
+            .into_iter()
+            .map(|m| LoadedModel {
+                name: m.name,
+                context_length: m.context_length,
+                size_vram: m.size_vram,
+            })
+            .collect();
         Seen {
-            models,
+            models: tags.into_iter().map(|m| m.name).collect(),
             keys,
+            sizes,
             loaded,
+            resident,
         }
     }
+}
+
+/// An RFC 3339 time (`2024-06-04T14:38:31.83753-07:00`, Ollama's
+/// `expires_at`) in Unix seconds; `None` if it is not one.
+pub fn unix_seconds(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        std::str::from_utf8(b.get(r)?).ok()?.parse().ok()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &text[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let h: i64 = rest.get(1..3)?.parse().ok()?;
+            let m: i64 = rest.get(4..6)?.parse().ok()?;
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
 }
 
 impl BackendState {
@@ -170,6 +247,7 @@ impl BackendState {
                 seen.keys.remove(&key);
                 seen.models.retain(|m| names::key(m) != key);
                 seen.loaded.retain(|l| names::key(&l.name) != key);
+                seen.resident.retain(|r| r.key != key);
             }
         }
         self.learned.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +257,26 @@ impl BackendState {
     /// (`/api/ps`) now, and records its health.
     pub async fn probe(self: &Arc<Self>, upstream: &Upstream, timeout: Duration) {
         probe(self, upstream, timeout).await
+    }
+
+    /// Whether it serves `model` (by Ollama's name rules).
+    pub fn serves(&self, model: &str) -> bool {
+        self.seen.read().unwrap().keys.contains(&names::key(model))
+    }
+
+    /// The models loaded there, as its last `/api/ps` said.
+    pub fn resident(&self) -> Vec<Resident> {
+        self.seen.read().unwrap().resident.clone()
+    }
+
+    /// Size on disk of `model` there (its `/api/tags`), if it lists it.
+    pub fn model_size(&self, model: &str) -> Option<u64> {
+        self.seen
+            .read()
+            .unwrap()
+            .sizes
+            .get(&names::key(model))
+            .copied()
     }
 
     /// The view plugins get.
@@ -265,6 +363,8 @@ pub struct Fleet {
     health: HealthConfig,
     queue: QueueSettings,
     admission: Arc<Admission>,
+    hot: Vec<crate::config::fleet::HotModel>,
+    warmer: Arc<warm::Warmer>,
 }
 
 impl Fleet {
@@ -308,6 +408,7 @@ impl Fleet {
             Some(p) => p.admission.clone(),
             None => Admission::new(settings.queue.max),
         };
+        let warmer = previous.map(|p| p.warmer.clone()).unwrap_or_default();
         admission.set_max_queue(settings.queue.max);
         for backend in &backends {
             backend.tracker.configure(health);
@@ -332,6 +433,8 @@ impl Fleet {
             health,
             queue: settings.queue,
             admission,
+            hot: settings.hot.clone(),
+            warmer,
         })
     }
 
@@ -403,6 +506,15 @@ impl Fleet {
         futures_util::future::join_all(probes).await;
     }
 
+    /// Starts, in the background, the loads the `[[hot]]` models need now
+    /// ([`warm`]).
+    pub fn keep_warm(&self, upstream: &Upstream, probe_timeout: Duration) {
+        if !self.hot.is_empty() {
+            self.warmer
+                .reconcile(self, &self.hot, upstream, probe_timeout);
+        }
+    }
+
     /// How often the prober looks for backends due a probe: the short
     /// interval, so a backend a request found down is probed again within it
     /// (looking costs nothing; only backends due are probed).
@@ -430,9 +542,13 @@ struct Tags {
 struct TagEntry {
     name: String,
     #[serde(default)]
+    size: u64,
+    #[serde(default)]
     context_length: Option<u32>,
     #[serde(default)]
     size_vram: u64,
+    #[serde(default)]
+    expires_at: Option<String>,
 }
 
 /// The `User-Agent` of probes, so a backend's log (and the tests) tell them
@@ -455,28 +571,14 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
         .await;
     match (tags, ps) {
         (Ok(tags), ps) => {
-            let models = tags
-                .models
-                .unwrap_or_default()
-                .into_iter()
-                .map(|m| m.name)
-                .collect();
-            let loaded = ps
-                .ok()
-                .and_then(|p| p.models)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|m| LoadedModel {
-                    name: m.name,
-                    context_length: m.context_length,
-                    size_vram: m.size_vram,
-                })
-                .collect();
+            let tags = tags.models.unwrap_or_default();
+            let ps = ps.ok().and_then(|p| p.models).unwrap_or_default();
+            let fresh = Seen::new(tags, ps);
             let mut seen = backend.seen.write().unwrap();
             // A change learned while this probe was under way is newer than
             // its answer; the probe that change started brings the truth.
             if backend.learned.load(Ordering::Relaxed) == learned {
-                *seen = Seen::new(models, loaded);
+                *seen = fresh;
             }
             drop(seen);
             backend.probe_succeeded();
@@ -497,6 +599,20 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_times_are_read_with_their_offset() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            unix_seconds("2024-06-04T14:38:31.83753-07:00"),
+            Some(1717537111)
+        );
+        assert_eq!(unix_seconds("2024-06-04T21:38:31Z"), Some(1717537111));
+        assert_eq!(unix_seconds("2318-01-01T00:00:00+02:00"), Some(10981778400));
+        assert_eq!(unix_seconds("0001-01-01T00:00:00Z"), Some(-62135596800));
+        assert_eq!(unix_seconds("yesterday"), None);
+        assert_eq!(unix_seconds("2024-06-04T14:38:31"), None);
+    }
 
     #[test]
     fn credentials_are_split_off_the_url() {

@@ -108,6 +108,7 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Probes the current generation's backends, forever: each at
 /// `probe_interval`, or at `down_probe_interval` while it is down or its
 /// breaker is open, so a restarted backend is back within a second or two.
+/// After each round, the `[[hot]]` models are loaded where they are missing.
 async fn probe_loop(gateway: Arc<Gateway>, upstream: Upstream) {
     loop {
         let generation = gateway.current();
@@ -117,6 +118,7 @@ async fn probe_loop(gateway: Arc<Gateway>, upstream: Upstream) {
             .fleet
             .probe_due(&upstream, interval, timeout)
             .await;
+        generation.fleet.keep_warm(&upstream, timeout);
         let next = generation.fleet.probe_tick(interval);
         drop(generation);
         tokio::time::sleep(next).await;
