@@ -124,7 +124,9 @@ http {{
 """)
         start(["nginx", "-c", conf])
         start([BIN, "--listen", f"127.0.0.1:{lg}", "--proxy", f"llama3.2=http://127.0.0.1:{b1}",
-               "--proxy", f"qwen2.5:14b=http://127.0.0.1:{b2}", "--level", "error"])
+               "--proxy", f"qwen2.5:14b=http://127.0.0.1:{b2}", "--level", "error",
+               # nginx limits nothing: neither may llamagate's slots here.
+               "--parallel", "4096"])
         for port in (b1, b2, ng, lg):
             wait_listening(port)
         time.sleep(1)

@@ -334,6 +334,9 @@ fn start_proxy(backend_url: &str) -> anyhow::Result<(Proc, String)> {
             "127.0.0.1:0",
             "--proxy",
             &route,
+            // The simulated backend answers at once: slots must not bind.
+            "--parallel",
+            "4096",
             "--level",
             "info",
         ],

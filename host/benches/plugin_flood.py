@@ -83,7 +83,7 @@ def main():
     backend = subprocess.Popen([BIN, "sim", "--listen", f"127.0.0.1:{backend_port}", "--level", "warn"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    config.write(f'[connections]\na = "http://127.0.0.1:{backend_port}"\n[policy.models]\n"llama3.2" = "a"\n'
+    config.write(f'parallel = 4096\n[connections]\na = "http://127.0.0.1:{backend_port}"\n[policy.models]\n"llama3.2" = "a"\n'
                  f'[[plugins]]\nname = "hostile"\npath = "{HOSTILE}"\n')
     config.close()
     proxy = subprocess.Popen([BIN, "--config", config.name, "--listen", f"127.0.0.1:{port}",

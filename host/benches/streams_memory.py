@@ -492,6 +492,8 @@ def main():
         with open(config, "w") as f:
             if args.streams > derived:
                 f.write(f"max_connections = {args.streams}\n")
+            # Every stream runs at once: slots must not bind.
+            f.write(f"parallel = {args.streams}\n")
             f.write("[connections]\n" + "".join(f'b{i} = "http://127.0.0.1:{p}"\n' for i, p in enumerate(ports)))
             f.write(f'[policy.models]\n"{MODEL}" = [{replicas}]\n')
         # No idle_timeout change: it spares requests in flight, silent streams included (README).

@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Add an `x-llamagate-decision` header explaining each decision to responses.
     #[arg(long)]
     pub explain: bool,
+    /// Requests at once per model on each backend not given its own
+    /// `parallel` (the backends' OLLAMA_NUM_PARALLEL; default 1). Env: LLAMAGATE_PARALLEL.
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<u32>,
     /// Append every request (with body and headers: keep the file private) to FILE
     /// as JSON lines, for `llamagate plugin test`.
     #[arg(long, value_name = "FILE")]
@@ -218,6 +222,13 @@ impl ServeArgs {
             plugins: self.plugin.clone(),
             no_default_policy: self.no_default_policy,
             explain: self.explain,
+            parallel: match self.parallel {
+                Some(n) => Some(n),
+                None => env(&["LLAMAGATE_PARALLEL"])
+                    .map(|v| v.trim().parse::<u32>())
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("LLAMAGATE_PARALLEL: {e}"))?,
+            },
             ..Default::default()
         };
         let lists = [

@@ -22,8 +22,10 @@ pub const OLLAMA_MAX_LOADED_MODELS: u32 = 3;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetSettings {
     /// Slots and memory of backends given in table form, by id (the others
-    /// get [`BackendSettings::default`]).
+    /// get `default_backend`).
     pub backends: BTreeMap<String, BackendSettings>,
+    /// Slots of backends given as a plain URL (top-level `parallel`, `slots`).
+    pub default_backend: BackendSettings,
     /// Probe and breaker thresholds (`[health]`, `[breaker]`).
     pub health: HealthConfig,
     /// The queue for slots (`queue_timeout`, `max_queue`).
@@ -355,15 +357,39 @@ pub fn failover(
     })
 }
 
+/// The settings of backends without their own, from the top-level
+/// `parallel` and `slots` (or `--parallel`).
+pub fn backend_default(
+    parallel: Option<u32>,
+    slots: Option<u32>,
+) -> anyhow::Result<BackendSettings> {
+    let parallel = at_least_one(parallel, "parallel", OLLAMA_NUM_PARALLEL)?;
+    Ok(BackendSettings {
+        parallel,
+        slots: at_least_one(
+            slots,
+            "slots",
+            parallel.saturating_mul(OLLAMA_MAX_LOADED_MODELS),
+        )?,
+        vram: None,
+    })
+}
+
 /// A `[connections]` entry's table form, checked; `id` names it in errors.
-pub fn backend(id: &str, entry: &FileConnection) -> anyhow::Result<BackendSettings> {
+/// What it does not say comes from `default` (the top-level keys), except
+/// that a `parallel` of its own makes its default `slots` `parallel` x 3.
+pub fn backend(
+    id: &str,
+    entry: &FileConnection,
+    default: BackendSettings,
+) -> anyhow::Result<BackendSettings> {
     let key = |field: &str| format!("connections.{id}.{field}");
-    let parallel = at_least_one(entry.parallel, &key("parallel"), OLLAMA_NUM_PARALLEL)?;
-    let slots = at_least_one(
-        entry.slots,
-        &key("slots"),
-        parallel.saturating_mul(OLLAMA_MAX_LOADED_MODELS),
-    )?;
+    let parallel = at_least_one(entry.parallel, &key("parallel"), default.parallel)?;
+    let default_slots = match entry.parallel {
+        Some(p) => p.saturating_mul(OLLAMA_MAX_LOADED_MODELS),
+        None => default.slots,
+    };
+    let slots = at_least_one(entry.slots, &key("slots"), default_slots)?;
     let vram = match &entry.vram {
         None => None,
         Some(Size::Bytes(n)) => Some(*n),
@@ -401,13 +427,15 @@ mod tests {
             slots: None,
             vram: Some(Size::Text("24GiB".into())),
         };
-        let b = backend("b1", &entry).unwrap();
+        let b = backend("b1", &entry, BackendSettings::default()).unwrap();
         assert_eq!((b.parallel, b.slots, b.vram), (4, 12, Some(24 << 30)));
         let zero = FileConnection {
             parallel: Some(0),
             ..entry
         };
-        let err = backend("b1", &zero).unwrap_err().to_string();
+        let err = backend("b1", &zero, BackendSettings::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("connections.b1.parallel"), "{err}");
     }
 

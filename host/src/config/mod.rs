@@ -179,6 +179,10 @@ pub struct FileConfig {
     /// `[model_timeouts."m"]`: per-model `first_byte` and `stream_idle`.
     #[serde(default)]
     pub model_timeouts: std::collections::BTreeMap<String, fleet::FileModelTimeouts>,
+    /// `parallel`: requests at once per model, for backends without their own.
+    pub parallel: Option<u32>,
+    /// `slots`: requests at once per backend, for backends without their own.
+    pub slots: Option<u32>,
     /// `queue_timeout`: longest wait for a slot.
     pub queue_timeout: Option<Text>,
     /// `max_queue`: requests waiting for a slot at once.
@@ -273,6 +277,8 @@ pub struct Overrides {
     pub no_default_policy: bool,
     /// `--explain`
     pub explain: bool,
+    /// `--parallel`: the `parallel` of backends without their own.
+    pub parallel: Option<u32>,
 }
 
 impl Config {
@@ -323,6 +329,8 @@ impl Config {
 
         let mut connections: Vec<(String, String)> = Vec::new();
         let mut backend_settings = std::collections::BTreeMap::new();
+        let fleet_default =
+            fleet::backend_default(overrides.parallel.or(file.parallel), file.slots)?;
         let mut file_connections = Vec::new();
         for (id, value) in file.connections {
             match value {
@@ -333,7 +341,8 @@ impl Config {
                         .map_err(|e: toml::de::Error| {
                             anyhow::anyhow!("connections.{id}: {}", scrub_values(e.message()))
                         })?;
-                    backend_settings.insert(id.clone(), fleet::backend(&id, &entry)?);
+                    backend_settings
+                        .insert(id.clone(), fleet::backend(&id, &entry, fleet_default)?);
                     file_connections.push((id, entry.url));
                 }
                 other => bail!(
@@ -459,6 +468,7 @@ impl Config {
             connections,
             fleet: fleet::FleetSettings {
                 backends: backend_settings,
+                default_backend: fleet_default,
                 health: fleet::health(&file.health, &file.breaker)?,
                 queue: fleet::queue(file.queue_timeout.as_ref(), file.max_queue)?,
                 hot: fleet::hot(&file.hot)?,

@@ -155,6 +155,8 @@ impl Body for Relay {
             Poll::Ready(Some(Err(err))) => {
                 self.finished = true;
                 tracing::warn!(backend = %self.backend.id, "stream broke mid-way: {err}");
+                self.backend
+                    .failed(&Failure::Broken(crate::upstream::cause(&err)), Pass::Normal);
                 match self.error_frame(&format!("broke: {err}")) {
                     Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
                     None => Poll::Ready(Some(Err(Box::new(err)))),
