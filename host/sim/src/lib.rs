@@ -22,6 +22,20 @@
 //! Pulling a model whose name starts with `missing` fails the way a pull of an
 //! unknown registry model does. Every request is recorded (see [`SimHandle::requests`]).
 //!
+//! Faults a test switches on and off while the simulator runs (shared state: a
+//! request already being answered keeps the behaviour it started with) are set
+//! with [`SimHandle::set_fault`] (see [`Fault`]): a busy server answering 503 at
+//! once, a chosen error status, a server that reads the request and never answers
+//! or stalls after the first chunk, one that closes the connection before the
+//! response head, and one whose every connection is closed. The probe endpoints
+//! stay healthy under every fault but [`Fault::Down`], since a backend whose probes
+//! pass while inference fails is the case a gateway gets wrong.
+//! [`SimOptions::load_delay`] simulates a cold model load and
+//! [`SimOptions::response_delay`] a slow answer; [`SimHandle::inference_count`] and
+//! [`SimHandle::max_concurrent`] count what arrived. [`SimHandle::shutdown`] closes
+//! every connection, and [`spawn_at`] starts a simulator again on the same address,
+//! to kill and restart a backend.
+//!
 //! Behaviour that changed between Ollama releases follows [`SimOptions::version`]:
 //! the chat not-found wording (0.12.0), `405` answers (0.7.0), real error statuses
 //! before a stream starts (0.12.6), `/v1/embeddings` `encoding_format` (0.12.7),
@@ -33,7 +47,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +90,14 @@ pub struct SimOptions {
     /// Keep every request for [`SimHandle::requests`]; off for long load runs,
     /// where the record would grow without bound.
     pub record: bool,
+    /// A cold load: an inference request for a served model that is not loaded
+    /// waits this long before the first byte of its answer, and the model shows in
+    /// `/api/ps` only after it. Requests for a model whose load is under way wait
+    /// for the same load, as Ollama's scheduler makes them. Zero (the default): no wait.
+    pub load_delay: Duration,
+    /// A wait before every inference answer (after any cold load), to hold a
+    /// backend's slots busy. Zero by default.
+    pub response_delay: Duration,
 }
 
 impl Default for SimOptions {
@@ -87,8 +109,61 @@ impl Default for SimOptions {
             chunks: 5,
             chunk_delay: Duration::ZERO,
             record: true,
+            load_delay: Duration::ZERO,
+            response_delay: Duration::ZERO,
         }
     }
+}
+
+/// The message of Ollama's 503 when its queue is full (`OLLAMA_MAX_QUEUE`), two
+/// spaces included.
+pub const BUSY_MESSAGE: &str = "server busy, please try again.  maximum pending requests exceeded";
+
+/// A failure the simulator shows on purpose, switched at run time with
+/// [`SimHandle::set_fault`].
+///
+/// *Inference endpoints* are `/api/generate`, `/api/chat`, `/api/embed`,
+/// `/api/embeddings`, `/v1/chat/completions`, `/v1/completions`,
+/// `/v1/embeddings`, `/v1/responses` and `/v1/messages`. *Probe endpoints* are the
+/// read-only ones a gateway asks on its own: `/`, `/api/version`, `/api/tags`,
+/// `/api/ps`, `/api/show`, `/v1/models` and `/v1/models/{model}`; they answer
+/// normally under every fault but [`Fault::Down`]. Everything else (pull, push,
+/// create, copy, delete, blobs) is a *management endpoint*.
+///
+/// A fault applies to requests that would reach a handler: the `Host` check,
+/// unknown paths and wrong methods answer as usual (except under `Down`). The
+/// fault is read when a request's head arrives; switching it does not change a
+/// request already being answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fault {
+    /// Normal service.
+    #[default]
+    None,
+    /// Inference endpoints answer at once `503` with
+    /// `{"error":"server busy, please try again.  maximum pending requests exceeded"}`
+    /// ([`BUSY_MESSAGE`]; under `/v1` in the OpenAI envelope, on `/v1/messages` in
+    /// Anthropic's with type `overloaded_error`), as Ollama does when its queue is
+    /// full. Management endpoints answer normally.
+    Busy,
+    /// Inference endpoints answer at once this status with
+    /// `{"error":"simulated failure"}` (in each API's error shape, as for `Busy`).
+    Status(u16),
+    /// Inference and management endpoints read the request, then never answer;
+    /// the connection stays open until the client or [`SimHandle::shutdown`]
+    /// closes it.
+    StallHead,
+    /// Streamed answers (inference and management) send the head and their first
+    /// chunk, then stall forever with the connection open; answers that do not
+    /// stream behave as under [`Fault::StallHead`] (after any load and response
+    /// delay).
+    StallAfterFirst,
+    /// Inference and management endpoints read the request (body included), then
+    /// close the connection without any response.
+    DropBeforeHead,
+    /// Every request, probes included, has its connection closed as soon as its
+    /// head is read (the body is not read, and the request is recorded with an
+    /// empty body).
+    Down,
 }
 
 /// One request the simulator received, as it arrived.
@@ -154,7 +229,39 @@ impl SimHandle {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Stops accepting connections and closes the open ones.
+    /// Switches the fault every request from now on meets (see [`Fault`]).
+    pub fn set_fault(&self, fault: Fault) {
+        *lock(&self.state.fault) = fault;
+    }
+
+    /// The fault in force.
+    pub fn fault(&self) -> Fault {
+        *lock(&self.state.fault)
+    }
+
+    /// How many requests for an inference endpoint arrived (their head was read),
+    /// whatever the fault, including ones refused by the `Host` check.
+    pub fn inference_count(&self) -> u64 {
+        self.state.counters.received.load(Ordering::SeqCst)
+    }
+
+    /// How many inference requests are being answered right now: from the arrival
+    /// of the head until the answer's last byte is handed to the connection, or the
+    /// connection closes.
+    pub fn in_flight(&self) -> u64 {
+        self.state.counters.active.load(Ordering::SeqCst)
+    }
+
+    /// The highest number of inference requests answered at the same time so far
+    /// (as counted by [`SimHandle::in_flight`]).
+    pub fn max_concurrent(&self) -> u64 {
+        self.state.counters.max_active.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting connections and closes every open one: idle keep-alive
+    /// connections, stalled requests and streams cut mid-way, as a killed process
+    /// would. The closing happens in the background within moments; [`spawn_at`]
+    /// waits for the address to be free.
     pub fn shutdown(self) {
         self.task.abort();
     }
@@ -177,6 +284,44 @@ impl std::fmt::Debug for SimHandle {
 /// Binds `127.0.0.1:0` and serves in a tokio task.
 pub async fn spawn(opts: SimOptions) -> anyhow::Result<SimHandle> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    start(listener, opts)
+}
+
+/// Binds exactly `addr` (with `SO_REUSEADDR`, so the port of a simulator just shut
+/// down can be taken again despite its closed connections) and serves in a tokio
+/// task: a backend restarted on the same port. While the address is still in use
+/// (a simulator shut down a moment ago closes in the background) it tries again
+/// for up to 5 s. The new simulator starts afresh from `opts`: no fault, nothing
+/// recorded or counted, only `opts.loaded` loaded.
+pub async fn spawn_at(addr: SocketAddr, opts: SimOptions) -> anyhow::Result<SimHandle> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let listener = loop {
+        match bind_reusable(addr) {
+            Ok(listener) => break listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("binding {addr}"))),
+        }
+    };
+    start(listener, opts)
+}
+
+fn bind_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+fn start(listener: TcpListener, opts: SimOptions) -> anyhow::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let state = Arc::new(State::new(opts, addr));
     let task = tokio::spawn(run(listener, state.clone()));
@@ -256,6 +401,38 @@ struct State {
     counter: AtomicU64,
     /// Streams the client abandoned before their end.
     cancelled: Arc<AtomicU64>,
+    /// The fault in force (see [`Fault`]).
+    fault: Mutex<Fault>,
+    load_delay: Duration,
+    response_delay: Duration,
+    /// Cold loads under way: model key -> when the load is done.
+    loading: Mutex<HashMap<String, tokio::time::Instant>>,
+    counters: Arc<Counters>,
+}
+
+/// Inference requests received and being answered.
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    active: AtomicU64,
+    max_active: AtomicU64,
+}
+
+/// One inference request being answered; counted in [`Counters::active`] until dropped.
+struct Active(Arc<Counters>);
+
+impl Active {
+    fn new(counters: &Arc<Counters>) -> Active {
+        let now = counters.active.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.max_active.fetch_max(now, Ordering::SeqCst);
+        Active(counters.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Inner {
@@ -330,7 +507,49 @@ impl State {
             }),
             recorded: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
+            fault: Mutex::new(Fault::None),
+            load_delay: opts.load_delay,
+            response_delay: opts.response_delay,
+            loading: Mutex::new(HashMap::new()),
+            counters: Arc::default(),
         }
+    }
+
+    /// Waits for a cold load of the model `body` names, if it is served and not
+    /// loaded, then marks it loaded; requests arriving during the load wait for it.
+    async fn cold_load(&self, body: &[u8]) {
+        if self.load_delay.is_zero() {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        let Some(entry) = str_field(&v, "model").and_then(|m| self.find(&m)) else {
+            return;
+        };
+        let key = names::key(&entry.name);
+        let ready_at = {
+            // Lock order: `loading`, then `inner` (as below).
+            let mut loading = lock(&self.loading);
+            let loaded = lock(&self.inner)
+                .loaded
+                .iter()
+                .any(|l| names::same(&l.entry.name, &entry.name));
+            if loaded {
+                return;
+            }
+            *loading
+                .entry(key.clone())
+                .or_insert_with(|| tokio::time::Instant::now() + self.load_delay)
+        };
+        tokio::time::sleep_until(ready_at).await;
+        let mut loading = lock(&self.loading);
+        if loading.get(&key) == Some(&ready_at) {
+            loading.remove(&key);
+        }
+        // Loaded before the lock is let go, so that no request sees the model
+        // neither loading nor loaded.
+        self.load(&entry, None, None);
     }
 
     fn at_least(&self, major: u64, minor: u64, patch: u64) -> bool {
@@ -529,6 +748,8 @@ struct Req {
 enum Piece {
     Emit(Box<dyn FnOnce() -> Bytes + Send>),
     Abort,
+    /// Wait forever (the connection stays open).
+    Stall,
 }
 
 enum Reply {
@@ -627,7 +848,25 @@ fn sse_event(f: impl FnOnce() -> String + Send + 'static) -> Piece {
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<SimBody>, BoxError> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await?.to_bytes();
+    // Go's `net/http` routes on the percent-decoded path.
+    let path = percent_encoding::percent_decode_str(parts.uri.path())
+        .decode_utf8_lossy()
+        .into_owned();
+    let handled = route_methods(&path).is_some_and(|m| m.contains(&parts.method));
+    let class = match handled {
+        true => class_of(&path),
+        false => Class::Other,
+    };
+    let active = (class == Class::Inference).then(|| {
+        state.counters.received.fetch_add(1, Ordering::SeqCst);
+        Active::new(&state.counters)
+    });
+    let fault = *lock(&state.fault);
+    let body = match fault {
+        // The body is not even read.
+        Fault::Down => Bytes::new(),
+        _ => body.collect().await?.to_bytes(),
+    };
     let target = parts
         .uri
         .path_and_query()
@@ -650,6 +889,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Si
             body: body.clone(),
         });
     }
+    if fault == Fault::Down {
+        return Err("simulated down backend".into());
+    }
 
     let head = parts.method == Method::HEAD;
     let host = parts
@@ -659,32 +901,114 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Si
         .map(str::to_string)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    let reply = if !state.allowed_host(&host) {
-        empty(StatusCode::FORBIDDEN)
-    } else {
-        let req = Req {
-            method: parts.method,
-            // Go's `net/http` routes on the percent-decoded path.
-            path: percent_encoding::percent_decode_str(parts.uri.path())
-                .decode_utf8_lossy()
-                .into_owned(),
-            query: parts.uri.query().map(str::to_string),
-            body,
-        };
-        route(&state, &req)
+    if !state.allowed_host(&host) {
+        return into_response(empty(StatusCode::FORBIDDEN), head, &state, None);
+    }
+    let faulted = matches!(class, Class::Inference | Class::Management);
+    match fault {
+        Fault::Busy if class == Class::Inference => {
+            return into_response(fault_reply(&path, 503, BUSY_MESSAGE), head, &state, None);
+        }
+        Fault::Status(code) if class == Class::Inference => {
+            let reply = fault_reply(&path, code, SIMULATED_FAILURE);
+            return into_response(reply, head, &state, None);
+        }
+        Fault::StallHead if faulted => stall(active).await,
+        Fault::DropBeforeHead if faulted => return Err("simulated drop before the head".into()),
+        _ => {}
+    }
+    if class == Class::Inference {
+        state.cold_load(&body).await;
+    }
+    let req = Req {
+        method: parts.method,
+        path,
+        query: parts.uri.query().map(str::to_string),
+        body,
     };
-    into_response(reply, head, state.delay, &state.cancelled)
+    let mut reply = route(&state, &req);
+    if class == Class::Inference && !state.response_delay.is_zero() {
+        tokio::time::sleep(state.response_delay).await;
+    }
+    if fault == Fault::StallAfterFirst && faulted {
+        match &mut reply {
+            Reply::Stream { pieces, .. } => {
+                pieces.truncate(1);
+                pieces.push(Piece::Stall);
+            }
+            Reply::Full { .. } | Reply::Abort => stall(active).await,
+        }
+    }
+    into_response(reply, head, &state, active)
 }
 
-/// Counts a stream as cancelled if it is dropped before its last piece.
+/// Never returns; `active` stays counted until the connection closes.
+async fn stall(active: Option<Active>) -> ! {
+    let _active = active;
+    std::future::pending::<()>().await;
+    unreachable!("a pending future never completes")
+}
+
+/// What a path is, for the faults and counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Generation and embeddings: counted, and subject to every fault.
+    Inference,
+    /// Pull, push, create, copy, delete, blobs: stalls and drops apply.
+    Management,
+    /// Probes and listings, and requests no handler answers: only `Down` applies.
+    Other,
+}
+
+fn class_of(path: &str) -> Class {
+    match path {
+        "/api/generate"
+        | "/api/chat"
+        | "/api/embed"
+        | "/api/embeddings"
+        | "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/embeddings"
+        | "/v1/responses"
+        | "/v1/messages" => Class::Inference,
+        "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => {
+            Class::Management
+        }
+        _ if path.starts_with("/api/blobs/") => Class::Management,
+        _ => Class::Other,
+    }
+}
+
+/// An error answer of status `code` in the error shape of the API `path` belongs to.
+fn fault_reply(path: &str, code: u16, msg: &str) -> Reply {
+    if path == "/v1/messages" {
+        let kind = match code {
+            400 => "invalid_request_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        };
+        anthropic_err(code, kind, msg)
+    } else if path.starts_with("/v1/") {
+        openai_err(code, msg)
+    } else {
+        native_err(code, msg)
+    }
+}
+
+/// Counts a stream as cancelled if it is dropped before its last piece; holds
+/// the stream's place among the requests being answered until then.
 struct Unfinished {
     counter: Arc<AtomicU64>,
     done: bool,
+    active: Option<Active>,
 }
 
 impl Unfinished {
     fn finish(&mut self) {
         self.done = true;
+        self.active = None;
     }
 }
 
@@ -697,12 +1021,15 @@ impl Drop for Unfinished {
     }
 }
 
+/// The response for `reply`; `active` (an inference request being answered) is
+/// let go when a full body is handed over, or when a stream ends or is dropped.
 fn into_response(
     reply: Reply,
     head: bool,
-    delay: Duration,
-    cancelled: &Arc<AtomicU64>,
+    state: &State,
+    active: Option<Active>,
 ) -> Result<Response<SimBody>, BoxError> {
+    let (delay, cancelled) = (state.delay, &state.cancelled);
     match reply {
         Reply::Abort => Err("simulated abort".into()),
         Reply::Full {
@@ -736,6 +1063,7 @@ fn into_response(
             let guard = Unfinished {
                 counter: cancelled.clone(),
                 done: false,
+                active,
             };
             let frames = stream::unfold(
                 (VecDeque::from(pieces), true, guard),
@@ -755,6 +1083,7 @@ fn into_response(
                     }
                     let item = match piece {
                         Piece::Emit(f) => Ok(Frame::data(f())),
+                        Piece::Stall => std::future::pending().await,
                         Piece::Abort => {
                             queue.clear();
                             Err(std::io::Error::new(

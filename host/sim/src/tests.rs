@@ -775,6 +775,510 @@ async fn shutdown_stops_serving() {
     assert!(refused);
 }
 
+/// Sends `body` to `path` and waits at most `wait` for the response head.
+/// `Ok(None)`: no head in time; `Err`: the connection failed without one.
+async fn head_within(
+    sim: &SimHandle,
+    path: &str,
+    body: &str,
+    wait: Duration,
+) -> Result<Option<hyper::Response<Incoming>>, String> {
+    let req = Request::post(format!("{}{path}", sim.url()))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    match tokio::time::timeout(wait, client().request(req)).await {
+        Err(_) => Ok(None),
+        Ok(Ok(resp)) => Ok(Some(resp)),
+        Ok(Err(e)) => Err(e.to_string()),
+    }
+}
+
+/// Waits up to 5 s for `cond`.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const CHAT: &str = r#"{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}"#;
+const CHAT_ONCE: &str =
+    r#"{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}"#;
+
+/// Every inference endpoint, with a body it accepts.
+const INFERENCE: &[(&str, &str)] = &[
+    ("/api/chat", CHAT),
+    ("/api/generate", r#"{"model":"llama3.2","prompt":"hi"}"#),
+    ("/api/embed", r#"{"model":"llama3.2","input":"hi"}"#),
+    ("/api/embeddings", r#"{"model":"llama3.2","prompt":"hi"}"#),
+    (
+        "/v1/chat/completions",
+        r#"{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+    ("/v1/completions", r#"{"model":"llama3.2","prompt":"hi"}"#),
+    ("/v1/embeddings", r#"{"model":"llama3.2","input":"hi"}"#),
+    ("/v1/responses", r#"{"model":"llama3.2","input":"hi"}"#),
+    (
+        "/v1/messages",
+        r#"{"model":"llama3.2","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+];
+
+/// The probes answer normally; `Down` is the only fault that touches them.
+async fn assert_probes_answer(sim: &SimHandle) {
+    for path in ["/api/tags", "/api/ps", "/api/version", "/", "/v1/models"] {
+        let a = call(sim, "GET", path, "").await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text());
+    }
+    let a = call(sim, "POST", "/api/show", r#"{"model":"llama3.2"}"#).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+}
+
+#[tokio::test]
+async fn busy_answers_inference_with_ollamas_503_and_probes_still_pass() {
+    let sim = sim().await;
+    assert_eq!(sim.fault(), Fault::None);
+    sim.set_fault(Fault::Busy);
+    assert_eq!(sim.fault(), Fault::Busy);
+    for (path, body) in INFERENCE {
+        let a = call(&sim, "POST", path, body).await;
+        assert_eq!(a.status, 503, "{path}");
+        let v = a.json();
+        match *path {
+            "/v1/messages" => {
+                assert_eq!(v["type"], "error");
+                assert_eq!(v["error"]["type"], "overloaded_error");
+                assert_eq!(v["error"]["message"], BUSY_MESSAGE);
+            }
+            p if p.starts_with("/v1/") => {
+                assert_eq!(a.ctype, "application/json", "{path}");
+                assert_eq!(v["error"]["message"], BUSY_MESSAGE, "{path}");
+                assert_eq!(v["error"]["type"], "api_error", "{path}");
+            }
+            _ => {
+                assert_eq!(a.ctype, "application/json; charset=utf-8", "{path}");
+                assert_eq!(
+                    a.text(),
+                    r#"{"error":"server busy, please try again.  maximum pending requests exceeded"}"#,
+                    "{path}"
+                );
+            }
+        }
+    }
+    assert_eq!(sim.inference_count(), INFERENCE.len() as u64);
+    assert_probes_answer(&sim).await;
+    // Management endpoints are not inference: a busy queue does not refuse them.
+    let a = call(&sim, "POST", "/api/pull", r#"{"model":"qwen2.5:14b"}"#).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    // Router answers come before the fault, as in Gin.
+    assert_eq!(call(&sim, "GET", "/api/chat", "").await.status, 405);
+    // A busy server still does not load models.
+    let ps = call(&sim, "GET", "/api/ps", "").await.json();
+    assert_eq!(ps["models"], serde_json::json!([]));
+    sim.set_fault(Fault::None);
+    let a = call(&sim, "POST", "/api/chat", CHAT_ONCE).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(sim.inference_count(), INFERENCE.len() as u64 + 1);
+}
+
+#[tokio::test]
+async fn status_fault_answers_that_status_in_each_apis_shape() {
+    let sim = sim().await;
+    sim.set_fault(Fault::Status(500));
+    let a = call(&sim, "POST", "/api/chat", CHAT).await;
+    assert_eq!(
+        (a.status, a.text().as_str()),
+        (500, r#"{"error":"simulated failure"}"#)
+    );
+    let a = call(&sim, "POST", "/v1/chat/completions", INFERENCE[4].1).await;
+    assert_eq!(a.status, 500);
+    assert_eq!(a.json()["error"]["message"], "simulated failure");
+    sim.set_fault(Fault::Status(502));
+    let a = call(&sim, "POST", "/api/generate", INFERENCE[1].1).await;
+    assert_eq!(a.status, 502);
+    let a = call(&sim, "POST", "/v1/messages", INFERENCE[8].1).await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["error"]["type"], "api_error");
+    assert_probes_answer(&sim).await;
+    // Management answers normally.
+    let a = call(
+        &sim,
+        "POST",
+        "/api/copy",
+        r#"{"source":"llama3.2","destination":"x"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test]
+async fn stall_head_reads_the_request_and_never_answers() {
+    let sim = sim().await;
+    sim.set_fault(Fault::StallHead);
+    let wait = Duration::from_millis(300);
+    for (path, body) in [
+        ("/api/chat", CHAT),
+        ("/api/chat", CHAT_ONCE),
+        ("/v1/embeddings", INFERENCE[6].1),
+        ("/api/pull", r#"{"model":"qwen2.5:14b"}"#),
+    ] {
+        let got = head_within(&sim, path, body, wait).await;
+        assert!(
+            matches!(got, Ok(None)),
+            "{path}: {:?}",
+            got.map(|r| r.map(|r| r.status()))
+        );
+    }
+    // Read in full, and recorded.
+    let recs = sim.requests();
+    assert_eq!(recs.len(), 4);
+    assert_eq!(recs[0].body, CHAT.as_bytes());
+    assert_eq!(sim.inference_count(), 3);
+    // The clients hung up: the connections close and nothing stays counted.
+    eventually("stalled requests let go", || sim.in_flight() == 0).await;
+    assert_eq!(sim.max_concurrent(), 1);
+    assert_probes_answer(&sim).await;
+    // Nothing was loaded.
+    let ps = call(&sim, "GET", "/api/ps", "").await.json();
+    assert_eq!(ps["models"], serde_json::json!([]));
+    sim.set_fault(Fault::None);
+    assert_eq!(call(&sim, "POST", "/api/chat", CHAT_ONCE).await.status, 200);
+}
+
+#[tokio::test]
+async fn stall_after_first_sends_one_chunk_then_nothing() {
+    let sim = sim().await;
+    sim.set_fault(Fault::StallAfterFirst);
+    for (path, body, start) in [
+        ("/api/chat", CHAT, "{\"model\":\"llama3.2\""),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+            "data: {\"id\":\"chatcmpl-",
+        ),
+        (
+            "/api/pull",
+            r#"{"model":"qwen2.5:14b"}"#,
+            "{\"status\":\"pulling manifest\"}\n",
+        ),
+    ] {
+        let resp = head_within(&sim, path, body, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("the head comes");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the first chunk comes")
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        let first = String::from_utf8_lossy(&first).into_owned();
+        assert!(first.starts_with(start), "{path}: {first}");
+        assert_eq!(
+            first.matches('\n').count(),
+            if path.starts_with("/v1") { 2 } else { 1 }
+        );
+        let next = tokio::time::timeout(Duration::from_millis(300), body.frame()).await;
+        assert!(next.is_err(), "{path}: more came: {next:?}");
+        drop(body);
+    }
+    eventually("abandoned stalls counted", || sim.cancelled() == 3).await;
+    // Not streamed: no head at all.
+    let got = head_within(&sim, "/api/chat", CHAT_ONCE, Duration::from_millis(300)).await;
+    assert!(matches!(got, Ok(None)));
+    assert_probes_answer(&sim).await;
+    eventually("stalled requests let go", || sim.in_flight() == 0).await;
+}
+
+#[tokio::test]
+async fn drop_before_head_closes_without_a_response() {
+    let sim = sim().await;
+    sim.set_fault(Fault::DropBeforeHead);
+    for (path, body) in [
+        ("/api/chat", CHAT_ONCE),
+        ("/api/chat", CHAT),
+        ("/api/pull", r#"{"model":"qwen2.5:14b"}"#),
+        ("/api/create", r#"{"model":"new","from":"llama3.2"}"#),
+    ] {
+        let got = head_within(&sim, path, body, Duration::from_secs(5)).await;
+        assert!(
+            got.is_err(),
+            "{path}: {:?}",
+            got.map(|r| r.map(|r| r.status()))
+        );
+    }
+    // DELETE and copy too.
+    let req = Request::delete(format!("{}/api/delete", sim.url()))
+        .body(Full::new(Bytes::from_static(br#"{"model":"llama3.2"}"#)))
+        .unwrap();
+    assert!(client().request(req).await.is_err());
+    let recs = sim.requests();
+    assert_eq!(recs.len(), 5);
+    assert_eq!(recs[2].json()["model"], "qwen2.5:14b");
+    assert_eq!(sim.inference_count(), 2);
+    assert_probes_answer(&sim).await;
+    // Nothing happened: the pull did not add a model, the delete did not remove one.
+    let tags = call(&sim, "GET", "/api/tags", "").await.json();
+    assert_eq!(tags["models"].as_array().unwrap().len(), 1);
+    assert_eq!(tags["models"][0]["name"], "llama3.2:latest");
+}
+
+#[tokio::test]
+async fn down_closes_every_connection_probes_included() {
+    let sim = sim().await;
+    // A keep-alive connection opened while healthy...
+    let mut tcp = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+    tcp.write_all(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    while !String::from_utf8_lossy(&buf).contains("0.12.3") {
+        let mut chunk = [0u8; 1024];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    sim.set_fault(Fault::Down);
+    // ...is closed at its next request, without an answer.
+    tcp.write_all(b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    for path in ["/api/tags", "/api/ps", "/api/version", "/"] {
+        let req = Request::get(format!("{}{path}", sim.url()))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert!(client().request(req).await.is_err(), "{path}");
+    }
+    let got = head_within(&sim, "/api/chat", CHAT_ONCE, Duration::from_secs(5)).await;
+    assert!(got.is_err());
+    assert_eq!(sim.inference_count(), 1);
+    sim.set_fault(Fault::None);
+    assert_probes_answer(&sim).await;
+}
+
+#[tokio::test]
+async fn load_delay_holds_the_first_byte_of_a_cold_model_only() {
+    let load = Duration::from_millis(1500);
+    let sim = spawn(SimOptions {
+        models: vec!["llama3.2".into(), "qwen2.5:14b".into()],
+        loaded: vec!["qwen2.5:14b".into()],
+        load_delay: load,
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let first = tokio::spawn({
+        let url = sim.url();
+        async move {
+            let req = Request::post(format!("{url}/api/chat"))
+                .body(Full::new(Bytes::from_static(CHAT_ONCE.as_bytes())))
+                .unwrap();
+            let resp = client().request(req).await.unwrap();
+            (resp.status(), tokio::time::Instant::now())
+        }
+    });
+    eventually("the cold request arrived", || sim.in_flight() == 1).await;
+    // A second request for the same model waits for the same load.
+    let second = tokio::spawn({
+        let url = sim.url();
+        async move {
+            let req = Request::post(format!("{url}/api/generate"))
+                .body(Full::new(Bytes::from_static(
+                    br#"{"model":"llama3.2","prompt":"x","stream":false}"#,
+                )))
+                .unwrap();
+            client().request(req).await.unwrap().status()
+        }
+    });
+    // Not loaded while loading; a loaded model is answered meanwhile (the margin
+    // is wide: this asks only that it does not wait for the other model's load).
+    let ps = call(&sim, "GET", "/api/ps", "").await.json();
+    let loaded: Vec<&str> = ps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(loaded, ["qwen2.5:14b"]);
+    let warm = tokio::time::timeout(
+        Duration::from_secs(60),
+        call(
+            &sim,
+            "POST",
+            "/api/generate",
+            r#"{"model":"qwen2.5:14b","prompt":"x","stream":false}"#,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(warm.status, 200);
+    let (status, at) = first.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(at - started >= load, "{:?}", at - started);
+    assert_eq!(second.await.unwrap(), 200);
+    assert!(started.elapsed() >= load);
+    let ps = call(&sim, "GET", "/api/ps", "").await.json();
+    assert_eq!(ps["models"].as_array().unwrap().len(), 2);
+    assert!(ps["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "llama3.2:latest"));
+}
+
+#[tokio::test]
+async fn response_delay_and_concurrency_counters() {
+    let sim = spawn(SimOptions {
+        response_delay: Duration::from_millis(300),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!((sim.inference_count(), sim.max_concurrent()), (0, 0));
+    let started = tokio::time::Instant::now();
+    let a = call(&sim, "POST", "/api/chat", CHAT_ONCE).await;
+    assert_eq!(a.status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Probes do not wait and are not counted.
+    call(&sim, "GET", "/api/tags", "").await;
+    assert_eq!((sim.inference_count(), sim.max_concurrent()), (1, 1));
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let url = sim.url();
+            tokio::spawn(async move {
+                let req = Request::post(format!("{url}/api/chat"))
+                    .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+                    .unwrap();
+                let resp = client().request(req).await.unwrap();
+                resp.into_body().collect().await.unwrap().to_bytes()
+            })
+        })
+        .collect();
+    for c in calls {
+        let body = c.await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("\"done\":true"));
+    }
+    assert_eq!(sim.inference_count(), 4);
+    assert_eq!(sim.max_concurrent(), 3);
+    assert_eq!(sim.in_flight(), 0);
+}
+
+/// Reads from `tcp` until it closes; `true` if it did within 5 s.
+async fn closes(tcp: &mut tokio::net::TcpStream) -> bool {
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_connections_and_spawn_at_takes_the_port_again() {
+    let opts = SimOptions {
+        chunks: 50,
+        chunk_delay: Duration::from_millis(100),
+        ..SimOptions::default()
+    };
+    let sim = spawn(opts.clone()).await.unwrap();
+    let addr = sim.addr();
+    // An idle keep-alive connection.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut chunk = [0u8; 1024];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("0.12.3") {
+        let n = idle.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&chunk[..n]);
+    }
+    // A stream under way.
+    let mut streaming = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{CHAT}",
+        CHAT.len()
+    );
+    streaming.write_all(req.as_bytes()).await.unwrap();
+    let n = streaming.read(&mut chunk).await.unwrap();
+    assert!(String::from_utf8_lossy(&chunk[..n]).starts_with("HTTP/1.1 200"));
+    // A stalled request.
+    sim.set_fault(Fault::StallHead);
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{CHAT_ONCE}",
+        CHAT_ONCE.len()
+    );
+    stalled.write_all(req.as_bytes()).await.unwrap();
+    eventually("the stalled request arrived", || sim.in_flight() == 2).await;
+
+    sim.shutdown();
+    assert!(closes(&mut idle).await, "idle connection left open");
+    assert!(closes(&mut streaming).await, "stream left open");
+    assert!(closes(&mut stalled).await, "stalled connection left open");
+
+    // The same port again, at once: fresh state, no fault.
+    let again = spawn_at(addr, opts).await.unwrap();
+    assert_eq!(again.addr(), addr);
+    assert_eq!(again.fault(), Fault::None);
+    let a = call(&again, "POST", "/api/chat", CHAT_ONCE).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(again.requests().len(), 1);
+    assert_eq!(again.inference_count(), 1);
+    // Taken while in use: an error after the retries, not a second listener.
+    let busy = tokio::time::timeout(
+        Duration::from_secs(30),
+        spawn_at(addr, SimOptions::default()),
+    )
+    .await
+    .unwrap();
+    assert!(busy.is_err());
+}
+
+#[tokio::test]
+async fn ps_reports_sizes_context_and_expiry_like_ollama() {
+    let sim = spawn(SimOptions {
+        loaded: vec!["llama3.2".into()],
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let tags = call(&sim, "GET", "/api/tags", "").await.json();
+    let size = tags["models"][0]["size"].as_u64().unwrap();
+    assert!(size > 0);
+    let ps = call(&sim, "GET", "/api/ps", "").await.json();
+    let m = &ps["models"][0];
+    assert_eq!(m["size"].as_u64(), Some(size));
+    assert_eq!(m["size_vram"].as_u64(), Some(size));
+    assert_eq!(m["context_length"], 4096);
+    let expires = m["expires_at"].as_str().unwrap();
+    assert!(expires.ends_with("-07:00"), "{expires}");
+    // A request with another num_ctx and keep-alive forever shows both.
+    let a = call(
+        &sim,
+        "POST",
+        "/api/generate",
+        r#"{"model":"llama3.2","prompt":"x","stream":false,"keep_alive":-1,"options":{"num_ctx":8192}}"#,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let ps = call(&sim, "GET", "/api/ps", "").await.json();
+    assert_eq!(ps["models"][0]["context_length"], 8192);
+    let year: i32 = ps["models"][0]["expires_at"].as_str().unwrap()[..4]
+        .parse()
+        .unwrap();
+    assert!(year > 2200, "{year}");
+}
+
 #[test]
 fn helpers() {
     assert_eq!(fmt_time(0, 0), "1970-01-01T00:00:00Z");

@@ -116,7 +116,8 @@ async fn serve(
         plan.request.model.as_deref(),
         outgoing.body.as_deref(),
     );
-    if crate::proxy::fleetwide::applies(outgoing.endpoint, candidates.len()) {
+    if every_backend(&plan) && crate::proxy::fleetwide::applies(outgoing.endpoint, candidates.len())
+    {
         if let Some(body) = outgoing.body.clone() {
             record.backend = Some(
                 candidates
@@ -173,6 +174,13 @@ async fn serve(
         None => response,
     };
     Ok(explained(response, trace, Some(&backend.id)))
+}
+
+/// Whether the policy asked for its pull or delete to reach every backend it
+/// chose (rather than the first that answers). Contract 0.3.0 lets a plugin
+/// say so; older plugins place such calls on one backend, as before.
+fn every_backend(_plan: &Plan) -> bool {
+    false
 }
 
 /// How long the re-probe after a model change may take.

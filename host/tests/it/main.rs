@@ -2,7 +2,10 @@
 //! simulated Ollama servers. One binary, a module per topic.
 
 mod common;
+mod faults;
 
+mod admission;
+mod aliases;
 mod backends;
 mod bypass;
 mod client_limits;
@@ -12,8 +15,10 @@ mod config;
 mod config_errors;
 mod errors;
 mod examples;
+mod failover;
 mod fanout;
 mod flood;
+mod health;
 mod layering;
 mod listings;
 mod management;
