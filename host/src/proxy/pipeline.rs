@@ -879,8 +879,14 @@ fn kept_alias(
     }
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
+    let within = match row.endpoint {
+        Endpoint::OpenaiMessages => Some("message"),
+        Endpoint::OpenaiResponses => Some("response"),
+        _ => None,
+    };
     let rename = Rename {
         field,
+        within,
         to: asked.to_string(),
     };
     let body = renamed(body, framing, json, rename).boxed_unsync();

@@ -48,6 +48,10 @@ pub const MAX_BUFFER: usize = 16 << 20;
 pub struct Rename {
     /// The field: `"model"`, or `"id"` for `GET /v1/models/{model}`.
     pub field: &'static str,
+    /// A top-level object whose own `field` is rewritten too: the stream
+    /// events of `/v1/messages` carry the model in `message`, those of
+    /// `/v1/responses` in `response`.
+    pub within: Option<&'static str>,
     /// The new value: the name the client asked for.
     pub to: String,
 }
@@ -105,6 +109,7 @@ where
             mode,
             rewriter: Rewriter {
                 field: rename.field,
+                within: rename.within,
                 to: Bytes::from(to),
                 sse: framing == Framing::Sse,
             },
@@ -258,6 +263,7 @@ where
 /// What to write in place of which field.
 struct Rewriter {
     field: &'static str,
+    within: Option<&'static str>,
     /// The new value, JSON-encoded.
     to: Bytes,
     sse: bool,
@@ -282,7 +288,8 @@ impl Rewriter {
     /// Appends `text` to `out`, rewritten if `text[msg]` is one JSON object.
     fn message(&self, text: &[u8], msg: Range<usize>, out: &mut BytesMut) {
         let mut at = 0;
-        for span in field_spans(&text[msg.clone()], self.field).unwrap_or_default() {
+        let spans = field_spans(&text[msg.clone()], self.field, self.within);
+        for span in spans.unwrap_or_default() {
             out.extend_from_slice(&text[at..msg.start + span.start]);
             out.extend_from_slice(&self.to);
             at = msg.start + span.end;
@@ -294,23 +301,45 @@ impl Rewriter {
 /// The spans of the string values of the top-level keys `field` if `text` is
 /// one JSON object (whitespace around it allowed), else `None`. serde_json
 /// validates and decodes keys; `RawValue` borrows each value's exact bytes.
-fn field_spans(text: &[u8], field: &str) -> Option<Vec<Range<usize>>> {
+/// `within`, when given, names a top-level object whose own `field` values
+/// are given too (in order of their place in `text`).
+fn field_spans(text: &[u8], field: &str, within: Option<&str>) -> Option<Vec<Range<usize>>> {
     let mut de = serde_json::Deserializer::from_slice(text);
-    let values = de.deserialize_map(Fields(field)).ok()?;
+    let values = de.deserialize_map(Fields { field, within }).ok()?;
     de.end().ok()?;
-    let spans = values.into_iter().map(|value| {
+    let span_of = |value: &RawValue| {
         let start = (value.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
         let span = start..start + value.get().len();
         (span.end <= text.len()).then_some(span)
-    });
-    spans.collect()
+    };
+    let mut spans = Vec::new();
+    for (value, nested) in values {
+        let span = span_of(value)?;
+        match nested {
+            false => spans.push(span),
+            true => {
+                let inner = field_spans(&text[span.clone()], field, None)?;
+                spans.extend(
+                    inner
+                        .into_iter()
+                        .map(|r| r.start + span.start..r.end + span.start),
+                );
+            }
+        }
+    }
+    spans.sort_by_key(|r| r.start);
+    Some(spans)
 }
 
-/// Visits an object; gives its values under keys that decode to the field.
-struct Fields<'f>(&'f str);
+/// Visits an object; gives its values under keys that decode to the field
+/// (string values), and, flagged, those under `within` (object values).
+struct Fields<'f> {
+    field: &'f str,
+    within: Option<&'f str>,
+}
 
 impl<'de> Visitor<'de> for Fields<'_> {
-    type Value = Vec<&'de RawValue>;
+    type Value = Vec<(&'de RawValue, bool)>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -318,36 +347,59 @@ impl<'de> Visitor<'de> for Fields<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = Vec::new();
-        while let Some(hit) = map.next_key_seed(KeyIs(self.0))? {
+        let seed = KeyIs {
+            field: self.field,
+            within: self.within,
+        };
+        while let Some(hit) = map.next_key_seed(seed)? {
             let value: &'de RawValue = map.next_value()?;
-            if hit && value.get().starts_with('"') {
-                found.push(value);
+            match hit {
+                Key::Field if value.get().starts_with('"') => found.push((value, false)),
+                Key::Within if value.get().starts_with('{') => found.push((value, true)),
+                _ => {}
             }
         }
         Ok(found)
     }
 }
 
-/// Whether a key decodes to the field, without allocating.
-struct KeyIs<'f>(&'f str);
+/// What a key is to [`Fields`].
+enum Key {
+    Field,
+    Within,
+    Other,
+}
+
+/// Which of the two names a key decodes to, without allocating.
+#[derive(Clone, Copy)]
+struct KeyIs<'f> {
+    field: &'f str,
+    within: Option<&'f str>,
+}
 
 impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
-    type Value = bool;
+    type Value = Key;
 
-    fn deserialize<D: Deserializer<'de>>(self, key: D) -> Result<bool, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, key: D) -> Result<Key, D::Error> {
         key.deserialize_str(self)
     }
 }
 
 impl Visitor<'_> for KeyIs<'_> {
-    type Value = bool;
+    type Value = Key;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a key")
     }
 
-    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
-        Ok(key == self.0)
+    fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+        Ok(if key == self.field {
+            Key::Field
+        } else if Some(key) == self.within {
+            Key::Within
+        } else {
+            Key::Other
+        })
     }
 }
 
@@ -401,6 +453,7 @@ mod tests {
         };
         let rename = Rename {
             field: "model",
+            within: None,
             to: "gpt-4o".into(),
         };
         Renamed::with_limit(inner, framing, json, rename, limit)
@@ -567,8 +620,27 @@ mod tests {
     }
 
     #[test]
+    fn the_model_inside_a_named_object_is_rewritten_too() {
+        let text = br#"{"type":"message_start","message":{"id":"m","model":"x","content":[{"model":"keep"}]},"model":"y"}"#;
+        let spans = field_spans(text, "model", Some("message")).unwrap();
+        let values: Vec<&str> = spans
+            .iter()
+            .map(|r| std::str::from_utf8(&text[r.clone()]).unwrap())
+            .collect();
+        assert_eq!(values, [r#""x""#, r#""y""#]);
+        // Not named: not looked into.
+        assert_eq!(field_spans(text, "model", None).unwrap().len(), 1);
+        // A `message` that is no object is passed over.
+        let flat = br#"{"message":"model","model":"z"}"#;
+        assert_eq!(
+            field_spans(flat, "model", Some("message")).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
     fn only_one_valid_object_is_rewritten() {
-        let spans = |s: &str| field_spans(s.as_bytes(), "model");
+        let spans = |s: &str| field_spans(s.as_bytes(), "model", None);
         assert_eq!(
             spans(" {\"model\" :\t\"x\"}\r"),
             Some(vec![Range { start: 12, end: 15 }])
