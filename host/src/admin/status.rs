@@ -113,7 +113,8 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
             json!({
                 "id": b.id,
                 "url": b.url,
-                "healthy": b.healthy,
+                "healthy": b.healthy(),
+                "state": b.state.as_str(),
                 "reason": b.reason,
                 "in_flight": b.in_flight,
                 "models": b.models,

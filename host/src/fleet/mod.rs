@@ -20,7 +20,7 @@ use http::{HeaderValue, Uri};
 use llamagate_sdk::names;
 use serde::Deserialize;
 
-use crate::plugin::{Backend, LoadedModel};
+use crate::plugin::{Backend, Health, LoadedModel, ModelFacts};
 use crate::upstream::{Destination, Failure, Upstream};
 
 /// One backend Ollama server.
@@ -150,11 +150,17 @@ impl BackendState {
         Backend {
             id: self.id.clone(),
             url: self.url.clone(),
-            healthy: self.healthy(),
+            state: if self.healthy() {
+                Health::Up
+            } else {
+                Health::Down
+            },
             reason: self.reason(),
             models: seen.models,
             loaded: seen.loaded,
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            model: None,
+            ..Backend::default()
         }
     }
 }
@@ -286,11 +292,17 @@ impl Fleet {
                 seen.keys.contains(&key).then(|| Backend {
                     id: b.id.clone(),
                     url: b.url.clone(),
-                    healthy: b.healthy(),
+                    state: if b.healthy() {
+                        Health::Up
+                    } else {
+                        Health::Down
+                    },
                     reason: b.reason(),
                     models: Vec::new(),
                     loaded: seen.loaded.clone(),
                     in_flight: b.in_flight.load(Ordering::Relaxed),
+                    model: Some(ModelFacts::default()),
+                    ..Backend::default()
                 })
             })
             .collect()
@@ -361,6 +373,7 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
                     name: m.name,
                     context_length: m.context_length,
                     size_vram: m.size_vram,
+                    ..LoadedModel::default()
                 })
                 .collect();
             let mut seen = backend.seen.write().unwrap();
