@@ -883,7 +883,9 @@ impl State {
 
     /// The answer to `all-backends` in the host's terms (empty outside a call).
     fn all(&self) -> Vec<Backend> {
-        self.facts.as_ref().map_or_else(Vec::new, |facts| facts.all())
+        self.facts
+            .as_ref()
+            .map_or_else(Vec::new, |facts| facts.all())
     }
 }
 

@@ -414,14 +414,21 @@ async fn a_plugin_built_for_0_2_0_keeps_working() {
                 .map(|(_, v)| v)
         })
         .collect();
-    assert_eq!(seen, ["2/2/0/2"; 3], "2 serving, 2 healthy, none loaded, 2 in all");
+    assert_eq!(
+        seen, ["2/2/0/2"; 3],
+        "2 serving, 2 healthy, none loaded, 2 in all"
+    );
     let r = post(
         &format!("{}/api/chat", proxy.url),
         &json!({"model":"phi4","messages":[],"stream":false}),
     )
     .await;
     assert_eq!(r.status, 404, "{}", r.text());
-    assert!(r.text().contains("v2 plugin: no backend serves phi4"), "{}", r.text());
+    assert!(
+        r.text().contains("v2 plugin: no backend serves phi4"),
+        "{}",
+        r.text()
+    );
 }
 
 /// The fleet facts a contract-level test hands the plugins: four backends in

@@ -49,10 +49,12 @@ pub fn all_backends() -> Vec<Backend> {
 /// backend are left out), e.g. an earlier plugin's `route`.
 ///
 /// When they all serve `model`, one [`backends_for`] call answers; the whole
-/// fleet is asked for only when some do not (or `model` is `None`).
+/// fleet is asked for only when some do not (or `model` is `None`). Those
+/// that serve `model` carry its facts (`model`) either way.
 pub fn backends_with_ids(ids: &[String], model: Option<&str>) -> Vec<Backend> {
+    let mut serving = Vec::new();
     if let Some(model) = model {
-        let serving: Vec<Backend> = backends_for(model)
+        serving = backends_for(model)
             .into_iter()
             .filter(|b| ids.contains(&b.id))
             .collect();
@@ -63,6 +65,10 @@ pub fn backends_with_ids(ids: &[String], model: Option<&str>) -> Vec<Backend> {
     all_backends()
         .into_iter()
         .filter(|b| ids.contains(&b.id))
+        .map(|b| match serving.iter().position(|s| s.id == b.id) {
+            Some(at) => serving.swap_remove(at),
+            None => b,
+        })
         .collect()
 }
 
@@ -446,6 +452,8 @@ mod tests {
         assert_eq!(fleet_calls().all_backends, 0);
         // `d` does not serve it, `x` is no backend: the whole fleet is asked.
         let chosen = backends_with_ids(&route(&["d", "x", "a"]), Some("llama3.2"));
+        assert!(chosen[0].model.is_some(), "a serves it: its facts are kept");
+        assert!(chosen[1].model.is_none(), "d does not");
         assert_eq!(ids(chosen), ["a", "d"]);
         assert_eq!(fleet_calls().all_backends, 1);
         assert_eq!(ids(backends_with_ids(&route(&["b"]), None)), ["b"]);
@@ -490,7 +498,10 @@ mod tests {
         assert_eq!((serving[0].in_flight, serving[0].queued), (3, 3));
         let b = serving[1].model.clone().unwrap();
         assert_eq!((b.size, b.in_flight, b.queued), (None, 0, 0));
-        assert_eq!(backends_for("mistral")[0].model.as_ref().unwrap().in_flight, 1);
+        assert_eq!(
+            backends_for("mistral")[0].model.as_ref().unwrap().in_flight,
+            1
+        );
         assert!(all_backends().iter().all(|b| b.model.is_none()));
     }
 
