@@ -492,11 +492,11 @@ mod tests {
             backend("b", &["llama3.2"]),
         ]);
         let serving = backends_for("llama3.2:latest");
-        let a = serving[0].model.clone().expect("facts of the asked model");
+        let a = serving[0].model.expect("facts of the asked model");
         assert_eq!((a.size, a.in_flight, a.queued), (Some(2 << 30), 2, 3));
         assert_eq!(serving[0].model_load(), 5);
         assert_eq!((serving[0].in_flight, serving[0].queued), (3, 3));
-        let b = serving[1].model.clone().unwrap();
+        let b = serving[1].model.unwrap();
         assert_eq!((b.size, b.in_flight, b.queued), (None, 0, 0));
         assert_eq!(
             backends_for("mistral")[0].model.as_ref().unwrap().in_flight,

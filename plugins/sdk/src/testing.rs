@@ -304,7 +304,7 @@ impl TestBackend {
         self.model_facts
             .iter()
             .find(|(m, _)| names::same(m, model))
-            .map(|(_, f)| f.clone())
+            .map(|(_, f)| *f)
             .unwrap_or(ModelFacts {
                 size: None,
                 in_flight: 0,
