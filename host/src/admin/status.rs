@@ -130,6 +130,7 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
         "version": env!("CARGO_PKG_VERSION"),
         "generation": generation.number,
         "plugins": generation.chain.names(),
+        "contracts_served": crate::plugin::CONTRACTS,
         "contracts": generation.chain.contracts().into_iter()
             .map(|(name, version)| json!({"plugin": name, "contract": version}))
             .collect::<Vec<_>>(),

@@ -429,6 +429,19 @@ async fn a_plugin_built_for_0_2_0_keeps_working() {
         "{}",
         r.text()
     );
+    let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+    assert_eq!(
+        status["contracts_served"],
+        json!(["0.3.0", "0.2.0", "0.1.0"])
+    );
+    assert_eq!(
+        status["contracts"],
+        json!([
+            {"plugin": "default-policy", "contract": "0.3.0"},
+            {"plugin": "old", "contract": "0.2.0"}
+        ])
+    );
+    assert_eq!(status["backends"][0]["state"], "up", "{status}");
 }
 
 /// The fleet facts a contract-level test hands the plugins: four backends in
