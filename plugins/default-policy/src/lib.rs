@@ -105,7 +105,7 @@ mod guest {
         }
         let Some(model) = req.model.as_deref() else {
             if edits.backends.is_none() && req.endpoint != Endpoint::Root {
-                edits.backends = Some(ids(order(all_backends(), None)));
+                edits.backends = Some(ids(order(all_backends())));
             }
             return edits;
         };
@@ -184,7 +184,7 @@ mod guest {
         let serving = backends_for(model);
         if serving.is_empty() && creates_model(endpoint) {
             // A model nobody has yet: pull or create it on the best backend.
-            return order(all_backends(), None);
+            return order(all_backends());
         }
         placement.order(serving)
     }
@@ -202,7 +202,7 @@ mod guest {
     /// For requests that place no known model (a pull of a new one, a
     /// listing): up first, then half-open, then the rest; then fewest in
     /// flight; then configuration order.
-    fn order(mut list: Vec<Backend>, _model: Option<&str>) -> Vec<Backend> {
+    fn order(mut list: Vec<Backend>) -> Vec<Backend> {
         list.sort_by_key(|b| (b.state.rank(), b.in_flight));
         list
     }
