@@ -76,8 +76,7 @@ fn fleet(n: u32, models: usize, everywhere: bool) -> Vec<Backend> {
         .map(|i| Backend {
             id: format!("gpu-{i:02}"),
             url: format!("http://gpu-{i:02}:11434"),
-            healthy: true,
-            reason: None,
+
             models: (i <= 2 || everywhere)
                 .then(|| "llama3.2:latest".to_string())
                 .into_iter()
@@ -86,9 +85,12 @@ fn fleet(n: u32, models: usize, everywhere: bool) -> Vec<Backend> {
             loaded: vec![LoadedModel {
                 name: "llama3.2:latest".into(),
                 context_length: Some(8192),
+                size: 3 << 30,
                 size_vram: 3 << 30,
+                ..LoadedModel::default()
             }],
             in_flight: i,
+            ..Backend::default()
         })
         .collect()
 }

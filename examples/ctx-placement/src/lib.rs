@@ -7,8 +7,9 @@
 //! `num_ctx`) to the `small` ones, keeping the big GPUs free for the work only
 //! they can do.
 //!
-//! Within a group, healthy backends come first, then the order of the list
-//! (llamagate moves down it only when it cannot connect). A backend is used only
+//! Within a group, backends that are up or half-open (on trial) come first, then
+//! open or down ones, then the order of the list (llamagate moves down it by
+//! its failover rules). A backend is used only
 //! for the models it serves (the host's `backends-for`), so one that has not
 //! answered a probe yet is left out until it has. When no backend of the group
 //! serves the model, the choice of the plugins before this one stands. Only requests that run a
@@ -78,7 +79,7 @@ pub fn route(config: &Config, req: &Request) -> Option<Vec<String>> {
     if chosen.is_empty() {
         return None;
     }
-    chosen.sort_by_key(|b| !b.healthy); // stable: the list's order otherwise
+    chosen.sort_by_key(|b| b.state.rank()); // stable: the list's order otherwise
     Some(chosen.into_iter().map(|b| b.id.clone()).collect())
 }
 
@@ -157,7 +158,7 @@ mod tests {
             "no small one serves it"
         );
         let mut f = fleet();
-        f[0].healthy = false;
+        f[0] = f[0].clone().unhealthy();
         set_fleet(f.clone());
         assert_eq!(
             route(&c, &generate("llama3.2", 32768)).unwrap(),

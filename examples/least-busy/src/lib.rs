@@ -3,7 +3,8 @@
 //! Among the backends the plugins before it chose (or, when none chose, those
 //! that serve the requested model), the one llamagate is
 //! forwarding the fewest requests to right now (`backend.in_flight`) comes first;
-//! healthy backends before unhealthy ones, ties in llamagate's backend order.
+//! backends that are up or half-open (on trial after failures) first,
+//! then open or down ones, ties in llamagate's backend order.
 //! Only requests that run a model (generate, chat, embeddings, native or `/v1`)
 //! are placed; other requests, and models no backend reports serving yet, keep
 //! the choice of the plugins before this one.
@@ -56,7 +57,7 @@ pub fn route(config: &Config, req: &Request) -> Option<Vec<String>> {
         return None;
     }
     // A stable sort: equally busy backends keep llamagate's order.
-    replicas.sort_by_key(|b| (!b.healthy, b.in_flight));
+    replicas.sort_by_key(|b| (b.state.rank(), b.in_flight));
     Some(replicas.into_iter().map(|b| b.id).collect())
 }
 
@@ -106,6 +107,17 @@ mod tests {
         ]);
         let ids = route(&Config::default(), &chat("llama3.2:latest"));
         assert_eq!(ids.unwrap(), ["b", "d", "a"]);
+    }
+
+    #[test]
+    fn half_open_backends_rank_with_up_ones_so_they_get_their_trial() {
+        set_fleet([
+            backend("a", &["llama3.2"]).with_state(llamagate_sdk::BackendState::HalfOpen, None),
+            backend("b", &["llama3.2"]).with_in_flight(5),
+            backend("c", &["llama3.2"]).unhealthy(),
+        ]);
+        let ids = route(&Config::default(), &chat("llama3.2"));
+        assert_eq!(ids.unwrap(), ["a", "b", "c"]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! A cold start reads gigabytes into GPU memory before the first token: seconds
 //! to minutes. Among the backends the plugins before it chose (or, when none
 //! chose, those that serve the requested model) this plugin
-//! tries, in order: healthy before unhealthy, warm before cold, then the fewest
+//! tries, in order: up or half-open (on trial), then open or down; warm before cold; then the fewest
 //! requests in flight; ties keep llamagate's backend order.
 //!
 //! Warm means the backend's `/api/ps` (probed every `probe_interval`) lists the
@@ -45,7 +45,7 @@ pub fn route(req: &Request) -> Option<Vec<String>> {
         return None;
     }
     // A stable sort: otherwise equal backends keep llamagate's order.
-    replicas.sort_by_key(|b| (!b.healthy, !is_warm(b, model, num_ctx), b.in_flight));
+    replicas.sort_by_key(|b| (b.state.rank(), !is_warm(b, model, num_ctx), b.in_flight));
     Some(replicas.into_iter().map(|b| b.id).collect())
 }
 
@@ -116,6 +116,17 @@ mod tests {
         let mut unknown_ctx = backend("d", &["llama3.2"]).with_loaded("llama3.2", 0);
         unknown_ctx.loaded[0].context_length = None; // Ollama before 0.10 does not say
         assert!(is_warm(&unknown_ctx, "llama3.2:latest", Some(32768)));
+    }
+
+    #[test]
+    fn half_open_ranks_with_up_so_it_gets_its_trial() {
+        set_fleet([
+            backend("a", &["llama3.2"])
+                .with_loaded("llama3.2", 4096)
+                .with_state(llamagate_sdk::BackendState::HalfOpen, None),
+            backend("b", &["llama3.2"]),
+        ]);
+        assert_eq!(route(&chat(None)).unwrap(), ["a", "b"]);
     }
 
     #[test]

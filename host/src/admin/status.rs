@@ -107,7 +107,8 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
     let generation = gateway.current();
     let admission = generation.fleet.admission();
     let queue = admission.stats();
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    // Milliseconds to a tenth.
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
     let backends: Vec<_> = generation
         .fleet
         .all()
@@ -120,7 +121,7 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
             json!({
                 "id": b.id,
                 "url": b.url,
-                "state": state.name(),
+                "state": state.as_str(),
                 "healthy": state.healthy(),
                 "reason": b.reason,
                 "parallel": settings.parallel,
@@ -142,6 +143,7 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
         "version": env!("CARGO_PKG_VERSION"),
         "generation": generation.number,
         "plugins": generation.chain.names(),
+        "contracts_served": crate::plugin::CONTRACTS,
         "contracts": generation.chain.contracts().into_iter()
             .map(|(name, version)| json!({"plugin": name, "contract": version}))
             .collect::<Vec<_>>(),

@@ -22,40 +22,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use crate::config::fleet::HealthConfig;
+pub use crate::plugin::Health;
 use crate::upstream::Failure;
 
 /// The longest a breaker stays open between trials.
 pub const MAX_OPEN_FOR: Duration = Duration::from_secs(120);
-
-/// A backend's state, as plugins, status and the log show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Health {
-    /// Probes pass (or it was not probed yet) and the breaker is closed.
-    Up,
-    /// The breaker's open time is over: a trial request may go.
-    HalfOpen,
-    /// The breaker is open after failed requests: nothing is sent there.
-    Open,
-    /// Unreachable, or its probes fail.
-    Down,
-}
-
-impl Health {
-    /// The lower-case name shown on status and in logs (`half-open`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Health::Up => "up",
-            Health::HalfOpen => "half-open",
-            Health::Open => "open",
-            Health::Down => "down",
-        }
-    }
-
-    /// Whether requests may go there (the `healthy` of older contracts).
-    pub fn healthy(self) -> bool {
-        matches!(self, Health::Up | Health::HalfOpen)
-    }
-}
 
 #[derive(Debug)]
 enum Breaker {

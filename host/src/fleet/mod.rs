@@ -21,7 +21,7 @@ use http::{HeaderValue, Uri};
 use llamagate_sdk::names;
 use serde::Deserialize;
 
-use crate::plugin::{Backend, LoadedModel};
+use crate::plugin::{Backend, Health, LoadedModel, ModelFacts};
 use crate::upstream::{Destination, Failure, Upstream};
 
 pub mod admission;
@@ -32,7 +32,7 @@ pub use crate::config::fleet::{FleetSettings, QueueSettings};
 use admission::{Admission, Limits};
 
 pub use crate::config::fleet::BackendSettings;
-pub use health::{Health, HealthConfig, Pass};
+pub use health::{HealthConfig, Pass};
 
 /// One backend Ollama server.
 pub struct BackendState {
@@ -51,6 +51,8 @@ pub struct BackendState {
     tracker: health::Tracker,
     /// Slots and memory, as configured (changed by a reload).
     settings: RwLock<BackendSettings>,
+    /// Its `/api/version`, once a probe got it.
+    version: RwLock<Option<String>>,
     /// When it was last probed (for probing at its own interval).
     probed_at: Mutex<Option<std::time::Instant>>,
     in_flight: AtomicU32,
@@ -112,8 +114,10 @@ impl Seen {
             .into_iter()
             .map(|m| LoadedModel {
                 name: m.name,
+                size: m.size,
                 context_length: m.context_length,
                 size_vram: m.size_vram,
+                expires_in_secs: None,
             })
             .collect();
         Seen {
@@ -279,19 +283,67 @@ impl BackendState {
             .copied()
     }
 
-    /// The view plugins get.
+    /// The view plugins and status get, with its model list.
     pub fn view(&self) -> Backend {
-        let seen = self.seen.read().unwrap().clone();
+        self.facts(None, None, true)
+    }
+
+    /// What plugins are told of it: health, slots (and, with `admission`,
+    /// those in use and waiting), loaded models with their time left, and
+    /// for `model` (a [`names::key`]) that model's facts there.
+    fn facts(&self, admission: Option<&Admission>, model: Option<&str>, models: bool) -> Backend {
+        let seen = self.seen.read().unwrap();
+        let settings = self.settings();
+        let now = unix_now();
+        let loaded = seen
+            .loaded
+            .iter()
+            .zip(&seen.resident)
+            .map(|(l, r)| LoadedModel {
+                expires_in_secs: r.expires_at.map(|at| at.saturating_sub(now).max(0) as u64),
+                ..l.clone()
+            })
+            .collect();
+        let load = admission
+            .and_then(|a| a.backend_load(&self.id))
+            .unwrap_or_default();
+        let model = model.map(|key| {
+            let there = admission
+                .map(|a| a.model_load(&self.id, key))
+                .unwrap_or_default();
+            ModelFacts {
+                size: seen.sizes.get(key).copied(),
+                in_flight: there.in_use,
+                queued: there.queued,
+            }
+        });
         Backend {
             id: self.id.clone(),
             url: self.url.clone(),
-            healthy: self.healthy(),
+            state: self.health(),
             reason: self.reason(),
-            models: seen.models,
-            loaded: seen.loaded,
+            version: self.version.read().unwrap().clone(),
+            slots: settings.slots,
+            model_slots: settings.parallel,
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            queued: load.queued,
+            vram: settings.vram,
+            models: if models {
+                seen.models.clone()
+            } else {
+                Vec::new()
+            },
+            loaded,
+            model,
         }
     }
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Destination for BackendState {
@@ -396,6 +448,7 @@ impl Fleet {
                     authorization: userinfo.as_deref().map(basic_authorization),
                     tracker: health::Tracker::default(),
                     settings: RwLock::default(),
+                    version: RwLock::default(),
                     probed_at: Mutex::default(),
                     in_flight: AtomicU32::new(0),
                     seen: RwLock::default(),
@@ -459,29 +512,23 @@ impl Fleet {
         self.backends.iter().find(|b| b.id == id)
     }
 
-    /// Snapshot for plugins.
+    /// Snapshot for plugins: every backend, with its model list.
     pub fn views(&self) -> Vec<Backend> {
-        self.backends.iter().map(|b| b.view()).collect()
+        self.backends
+            .iter()
+            .map(|b| b.facts(Some(&self.admission), None, true))
+            .collect()
     }
 
     /// Snapshots of the backends that serve `model` (by Ollama's name rules),
-    /// without their model lists ([`crate::plugin::Facts::serving`]).
+    /// without their model lists but with that model's facts there
+    /// ([`crate::plugin::Facts::serving`]).
     pub fn serving(&self, model: &str) -> Vec<Backend> {
         let key = names::key(model);
         self.backends
             .iter()
-            .filter_map(|b| {
-                let seen = b.seen.read().unwrap();
-                seen.keys.contains(&key).then(|| Backend {
-                    id: b.id.clone(),
-                    url: b.url.clone(),
-                    healthy: b.healthy(),
-                    reason: b.reason(),
-                    models: Vec::new(),
-                    loaded: seen.loaded.clone(),
-                    in_flight: b.in_flight.load(Ordering::Relaxed),
-                })
-            })
+            .filter(|b| b.seen.read().unwrap().keys.contains(&key))
+            .map(|b| b.facts(Some(&self.admission), Some(&key), false))
             .collect()
     }
 
@@ -569,6 +616,23 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
     let ps = upstream
         .get_json_with::<Tags>(&**backend, "/api/ps", &headers, timeout)
         .await;
+    if tags.is_ok() {
+        // Asked while unknown, and again after the backend was down (it may
+        // have been upgraded).
+        let known = backend.version.read().unwrap().is_some() && backend.healthy();
+        if !known {
+            #[derive(Deserialize)]
+            struct Version {
+                version: String,
+            }
+            if let Ok(v) = upstream
+                .get_json_with::<Version>(&**backend, "/api/version", &headers, timeout)
+                .await
+            {
+                *backend.version.write().unwrap() = Some(v.version);
+            }
+        }
+    }
     match (tags, ps) {
         (Ok(tags), ps) => {
             let tags = tags.models.unwrap_or_default();

@@ -70,55 +70,323 @@ use slots::FairQueue;
 pub use slots::Slot;
 use stdio::{Channel, GuestOutput};
 
-/// `llamagate:policy@0.2.0`, the current contract: its types are the host's.
-mod v2 {
+/// `llamagate:policy@0.3.0`, the current contract: its request, decision and
+/// listing types are the host's.
+mod v3 {
     wasmtime::component::bindgen!({
         world: "policy-plugin",
-        path: "../wit/v0.2.0",
+        path: "../wit/v0.3.0",
         additional_derives: [PartialEq],
     });
 }
 
-mod v1;
+/// `From` between enums whose cases have the same names in both versions.
+macro_rules! same_cases {
+    ($from:ty => $to:ty { $($case:ident),* $(,)? }) => {
+        impl From<$from> for $to {
+            fn from(value: $from) -> $to {
+                match value {
+                    $(<$from>::$case => <$to>::$case,)*
+                }
+            }
+        }
+    };
+}
 
-pub use v2::llamagate::policy::types::{
-    Decision, Edits, Endpoint, Header, JsonValue, Level, ListedModel, LoadedModel, OptionEntry,
-    Reply, Request,
+/// Conversions shared by the older contracts' modules ([`v1`], [`v2`]): the
+/// types that are the same in every version (request, reply, listing, log
+/// level). Expanded inside a module that names its own types `old` and the
+/// host's `now`.
+macro_rules! same_in_every_version {
+    () => {
+        same_cases!(now::Endpoint => old::Endpoint {
+            Root, Version, Tags, Ps, Show, Generate, Chat, Embed, Embeddings, Pull, Push, Create,
+            Copy, Delete, Blobs, OpenaiChat, OpenaiCompletions, OpenaiEmbeddings, OpenaiModels,
+            OpenaiModel, OpenaiResponses, OpenaiMessages, Other,
+        });
+
+        same_cases!(old::Level => now::Level { Debug, Info, Warn, Error });
+
+        fn value_to_old(v: &now::JsonValue) -> old::JsonValue {
+            match v {
+                now::JsonValue::Null => old::JsonValue::Null,
+                now::JsonValue::Boolean(b) => old::JsonValue::Boolean(*b),
+                now::JsonValue::Integer(i) => old::JsonValue::Integer(*i),
+                now::JsonValue::Number(n) => old::JsonValue::Number(*n),
+                now::JsonValue::Text(t) => old::JsonValue::Text(t.clone()),
+                now::JsonValue::Raw(r) => old::JsonValue::Raw(r.clone()),
+            }
+        }
+
+        fn value_from_old(v: old::JsonValue) -> now::JsonValue {
+            match v {
+                old::JsonValue::Null => now::JsonValue::Null,
+                old::JsonValue::Boolean(b) => now::JsonValue::Boolean(b),
+                old::JsonValue::Integer(i) => now::JsonValue::Integer(i),
+                old::JsonValue::Number(n) => now::JsonValue::Number(n),
+                old::JsonValue::Text(t) => now::JsonValue::Text(t),
+                old::JsonValue::Raw(r) => now::JsonValue::Raw(r),
+            }
+        }
+
+        fn headers_to_old(headers: &[now::Header]) -> Vec<old::Header> {
+            headers
+                .iter()
+                .map(|h| old::Header {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect()
+        }
+
+        fn headers_from_old(headers: Vec<old::Header>) -> Vec<now::Header> {
+            headers
+                .into_iter()
+                .map(|h| now::Header {
+                    name: h.name,
+                    value: h.value,
+                })
+                .collect()
+        }
+
+        fn options_from_old(options: Vec<old::OptionEntry>) -> Vec<now::OptionEntry> {
+            options
+                .into_iter()
+                .map(|o| now::OptionEntry {
+                    key: o.key,
+                    value: value_from_old(o.value),
+                })
+                .collect()
+        }
+
+        fn reply_from_old(reply: old::Reply) -> now::Reply {
+            now::Reply {
+                status: reply.status,
+                message: reply.message,
+                headers: headers_from_old(reply.headers),
+            }
+        }
+
+        /// The request as a plugin of this version sees it.
+        pub fn request(req: &now::Request) -> old::Request {
+            old::Request {
+                id: req.id.clone(),
+                endpoint: req.endpoint.into(),
+                method: req.method.clone(),
+                path: req.path.clone(),
+                model: req.model.clone(),
+                headers: headers_to_old(&req.headers),
+                client_addr: req.client_addr.clone(),
+                options: req
+                    .options
+                    .iter()
+                    .map(|o| old::OptionEntry {
+                        key: o.key.clone(),
+                        value: value_to_old(&o.value),
+                    })
+                    .collect(),
+                keep_alive: req.keep_alive.as_ref().map(value_to_old),
+                streaming: req.streaming,
+                body_size: req.body_size,
+                route: req.route.clone(),
+            }
+        }
+
+        /// Listed models for a plugin of this version.
+        pub fn listed_to_old(models: &[now::ListedModel]) -> Vec<old::ListedModel> {
+            models
+                .iter()
+                .map(|m| old::ListedModel {
+                    name: m.name.clone(),
+                    source: m.source.clone(),
+                    backends: m.backends.clone(),
+                })
+                .collect()
+        }
+
+        /// What a plugin of this version listed, in the host's terms.
+        pub fn listed_from_old(models: Vec<old::ListedModel>) -> Vec<now::ListedModel> {
+            models
+                .into_iter()
+                .map(|m| now::ListedModel {
+                    name: m.name,
+                    source: m.source,
+                    backends: m.backends,
+                })
+                .collect()
+        }
+    };
+}
+
+mod v1;
+mod v2;
+
+pub use v3::llamagate::policy::types::{
+    Decision, Edits, Endpoint, Header, JsonValue, Level, ListedModel, OptionEntry, Reply, Request,
 };
 
 /// The contract versions llamagate serves, newest first.
-pub const CONTRACTS: [&str; 2] = ["0.2.0", "0.1.0"];
+pub const CONTRACTS: [&str; 3] = ["0.3.0", "0.2.0", "0.1.0"];
+
+/// A backend's state, as plugins (0.3.0's `backend-state`) and the status
+/// endpoint are told it: from active probes and from the breaker that counts
+/// what happened to real requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// Probes pass and the breaker is closed (also: not probed yet).
+    #[default]
+    Up,
+    /// The breaker's wait is over: a trial request may go.
+    HalfOpen,
+    /// The breaker is open after consecutive request failures.
+    Open,
+    /// Unreachable, or its probes fail.
+    Down,
+}
+
+impl Health {
+    /// Whether requests may be sent (`Up` or `HalfOpen`): the `healthy`
+    /// of the 0.1.0 and 0.2.0 contracts.
+    pub fn healthy(self) -> bool {
+        matches!(self, Health::Up | Health::HalfOpen)
+    }
+
+    /// The state in words, as the status endpoint shows it (`up`, `half-open`,
+    /// `open`, `down`: the WIT enum's case names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::HalfOpen => "half-open",
+            Health::Open => "open",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// A model loaded in a backend's memory (from its `/api/ps`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadedModel {
+    /// Display name, e.g. `llama3.2:latest`.
+    pub name: String,
+    /// Bytes it takes in memory, GPU and CPU together (`size`).
+    pub size: u64,
+    /// Bytes of it in GPU memory (`size_vram`); less than `size` means CPU offload.
+    pub size_vram: u64,
+    /// The runner's context size, when the backend reports it.
+    pub context_length: Option<u32>,
+    /// Seconds until Ollama unloads it; `None` = never, or not reported.
+    pub expires_in_secs: Option<u64>,
+}
+
+/// What llamagate knows of one model on one backend (filled for the model a
+/// plugin asked `backends-for` about).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelFacts {
+    /// Bytes on disk, from the backend's `/api/tags`; `None` when unknown.
+    pub size: Option<u64>,
+    /// Requests for this model being forwarded to the backend now.
+    pub in_flight: u32,
+    /// Requests for this model waiting in the queue that could go to it.
+    pub queued: u32,
+}
 
 /// What llamagate knows of one backend, as plugins are told it: each
 /// contract version gets the part it defines (0.1.0 the models and URL,
-/// 0.2.0 the reason it is unhealthy).
+/// 0.2.0 the reason it is unhealthy, 0.3.0 everything but the models and URL).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backend {
     /// The operator's id.
     pub id: String,
     /// Base URL without userinfo.
     pub url: String,
-    /// Whether the last probe (or request) reached it.
-    pub healthy: bool,
-    /// Why it is not healthy, in words; `None` when healthy.
+    /// Probe and breaker state.
+    pub state: Health,
+    /// Why it is not up, in words; `None` when up.
     pub reason: Option<String>,
-    /// Models it serves, as its `/api/tags` names them.
+    /// Its Ollama version (`/api/version`), once known.
+    pub version: Option<String>,
+    /// Requests sent to it at once, all models together.
+    pub slots: u32,
+    /// Requests sent to it at once for one model (`OLLAMA_NUM_PARALLEL`).
+    pub model_slots: u32,
+    /// Requests this process is forwarding to it now.
+    pub in_flight: u32,
+    /// Requests waiting in the queue that could go to it.
+    pub queued: u32,
+    /// Declared GPU memory budget in bytes.
+    pub vram: Option<u64>,
+    /// Models it serves, as its `/api/tags` names them (0.1.0 plugins only).
     pub models: Vec<String>,
     /// Models loaded now (its `/api/ps`).
     pub loaded: Vec<LoadedModel>,
-    /// Requests this process is forwarding to it now.
-    pub in_flight: u32,
+    /// The model a `backends-for` asked about, on this backend; `None` in
+    /// the whole fleet's list.
+    pub model: Option<ModelFacts>,
+}
+
+impl Default for Backend {
+    /// An idle backend that is up, with the slot defaults of Ollama's own
+    /// (`OLLAMA_NUM_PARALLEL` 1 per model, 3 models loaded at most).
+    fn default() -> Self {
+        Backend {
+            id: String::new(),
+            url: String::new(),
+            state: Health::Up,
+            reason: None,
+            version: None,
+            slots: 3,
+            model_slots: 1,
+            in_flight: 0,
+            queued: 0,
+            vram: None,
+            models: Vec::new(),
+            loaded: Vec::new(),
+            model: None,
+        }
+    }
 }
 
 impl Backend {
-    /// The 0.2.0 record: no models, no URL.
-    fn v2(self) -> v2::llamagate::policy::types::Backend {
-        v2::llamagate::policy::types::Backend {
+    /// Whether requests may be sent to it ([`Health::healthy`]).
+    pub fn healthy(&self) -> bool {
+        self.state.healthy()
+    }
+
+    /// The 0.3.0 record: everything but the models and the URL.
+    fn v3(self) -> v3::llamagate::policy::types::Backend {
+        use v3::llamagate::policy::types as t;
+        t::Backend {
             id: self.id,
-            healthy: self.healthy,
+            state: match self.state {
+                Health::Up => t::BackendState::Up,
+                Health::HalfOpen => t::BackendState::HalfOpen,
+                Health::Open => t::BackendState::Open,
+                Health::Down => t::BackendState::Down,
+            },
+            healthy: self.state.healthy(),
             reason: self.reason,
-            loaded: self.loaded,
+            version: self.version,
+            slots: self.slots,
+            model_slots: self.model_slots,
             in_flight: self.in_flight,
+            queued: self.queued,
+            vram: self.vram,
+            loaded: self
+                .loaded
+                .into_iter()
+                .map(|l| t::LoadedModel {
+                    name: l.name,
+                    size: l.size,
+                    size_vram: l.size_vram,
+                    context_length: l.context_length,
+                    expires_in: l.expires_in_secs,
+                })
+                .collect(),
+            model: self.model.map(|m| t::ModelFacts {
+                size: m.size,
+                in_flight: m.in_flight,
+                queued: m.queued,
+            }),
         }
     }
 }
@@ -127,12 +395,14 @@ impl Backend {
 enum Bindings {
     V1(v1::PolicyPlugin),
     V2(v2::PolicyPlugin),
+    V3(v3::PolicyPlugin),
 }
 
 /// A component ready to instantiate, by contract version.
 enum Pre {
     V1(v1::PolicyPluginPre<State>),
     V2(v2::PolicyPluginPre<State>),
+    V3(v3::PolicyPluginPre<State>),
 }
 
 /// What a plugin may learn about the fleet during a call, answered by the
@@ -141,8 +411,9 @@ pub trait Facts: Send + Sync {
     /// Every backend with the models it serves, in configuration order.
     fn all(&self) -> Vec<Backend>;
     /// The backends that serve `model` (Ollama's name rules), in configuration
-    /// order, with `models` left empty: 0.2.0 plugins are not handed them, and
-    /// copying them was the cost that grew with the fleet.
+    /// order, with `models` left empty (0.2.0 and later plugins are not handed
+    /// them, and copying them was the cost that grew with the fleet) and
+    /// `model` filled with that model's facts on each.
     fn serving(&self, model: &str) -> Vec<Backend>;
 }
 
@@ -172,7 +443,13 @@ impl Snapshot {
 
 impl Facts for Snapshot {
     fn all(&self) -> Vec<Backend> {
-        self.backends.clone()
+        self.backends
+            .iter()
+            .map(|b| Backend {
+                model: None,
+                ..b.clone()
+            })
+            .collect()
     }
     fn serving(&self, model: &str) -> Vec<Backend> {
         let key = llamagate_sdk::names::key(model);
@@ -182,6 +459,7 @@ impl Facts for Snapshot {
             .filter(|(_, keys)| keys.contains(&key))
             .map(|(b, _)| Backend {
                 models: Vec::new(),
+                model: Some(b.model.clone().unwrap_or_default()),
                 ..b.clone()
             })
             .collect()
@@ -385,10 +663,14 @@ impl Runtime {
         .map_err(anyhow::Error::from)
         .context("linking wasi:io/streams")?;
         linker.allow_shadowing(false);
-        // Both contract versions' host interfaces (`host@0.1.0`, `host@0.2.0`).
-        v2::PolicyPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+        // Every contract version's host interface (`host@0.1.0`, `host@0.2.0`,
+        // `host@0.3.0`).
+        v3::PolicyPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("linking the llamagate host interface")?;
+        v2::PolicyPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)
+            .context("linking the llamagate host interface, 0.2.0")?;
         v1::PolicyPlugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("linking the llamagate host interface, 0.1.0")?;
@@ -430,15 +712,19 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("plugin {name:?}: does not fit the llamagate:policy world"))?;
-        let pre = match v2::PolicyPluginPre::new(pre.clone()) {
-            Ok(pre) => Pre::V2(pre),
-            Err(_) => Pre::V1(v1::PolicyPluginPre::new(pre).map_err(|_| {
+        // Newest first: a component exports one version of `policy`.
+        let pre = if let Ok(pre) = v3::PolicyPluginPre::new(pre.clone()) {
+            Pre::V3(pre)
+        } else if let Ok(pre) = v2::PolicyPluginPre::new(pre.clone()) {
+            Pre::V2(pre)
+        } else {
+            Pre::V1(v1::PolicyPluginPre::new(pre).map_err(|_| {
                 anyhow!(
                     "plugin {name:?}: does not export llamagate:policy/policy at a version \
                      llamagate serves ({})",
                     CONTRACTS.join(", ")
                 )
-            })?),
+            })?)
         };
         let plugin = Plugin {
             inner: Arc::new(PluginInner {
@@ -555,32 +841,61 @@ impl wasmtime::ResourceLimiter for State {
     }
 }
 
+impl v3::llamagate::policy::types::Host for State {}
 impl v2::llamagate::policy::types::Host for State {}
 impl v1::llamagate::policy::types::Host for State {}
 
 impl v1::llamagate::policy::host::Host for State {
     fn log(&mut self, level: v1::llamagate::policy::types::Level, message: String) {
-        v2::llamagate::policy::host::Host::log(self, level.into(), message)
+        v3::llamagate::policy::host::Host::log(self, level.into(), message)
     }
 
     fn request_body(&mut self) -> Vec<u8> {
-        v2::llamagate::policy::host::Host::request_body(self)
+        v3::llamagate::policy::host::Host::request_body(self)
     }
 }
 
 impl v2::llamagate::policy::host::Host for State {
     fn backends_for(&mut self, model: String) -> Vec<v2::llamagate::policy::types::Backend> {
-        let Some(facts) = &self.facts else {
-            return Vec::new();
-        };
-        facts.serving(&model).into_iter().map(Backend::v2).collect()
+        self.serving(&model).into_iter().map(v2::backend).collect()
     }
 
     fn all_backends(&mut self) -> Vec<v2::llamagate::policy::types::Backend> {
-        let Some(facts) = &self.facts else {
-            return Vec::new();
-        };
-        facts.all().into_iter().map(Backend::v2).collect()
+        self.all().into_iter().map(v2::backend).collect()
+    }
+
+    fn log(&mut self, level: v2::llamagate::policy::types::Level, message: String) {
+        v3::llamagate::policy::host::Host::log(self, level.into(), message)
+    }
+
+    fn request_body(&mut self) -> Vec<u8> {
+        v3::llamagate::policy::host::Host::request_body(self)
+    }
+}
+
+impl State {
+    /// The answer to `backends-for` in the host's terms (empty outside a call).
+    fn serving(&self, model: &str) -> Vec<Backend> {
+        self.facts
+            .as_ref()
+            .map_or_else(Vec::new, |facts| facts.serving(model))
+    }
+
+    /// The answer to `all-backends` in the host's terms (empty outside a call).
+    fn all(&self) -> Vec<Backend> {
+        self.facts
+            .as_ref()
+            .map_or_else(Vec::new, |facts| facts.all())
+    }
+}
+
+impl v3::llamagate::policy::host::Host for State {
+    fn backends_for(&mut self, model: String) -> Vec<v3::llamagate::policy::types::Backend> {
+        self.serving(&model).into_iter().map(Backend::v3).collect()
+    }
+
+    fn all_backends(&mut self) -> Vec<v3::llamagate::policy::types::Backend> {
+        self.all().into_iter().map(Backend::v3).collect()
     }
 
     fn log(&mut self, level: Level, message: String) {
@@ -744,11 +1059,13 @@ impl Plugin {
             })
     }
 
-    /// The contract version the plugin was built for (`"0.2.0"`, `"0.1.0"`).
+    /// The contract version the plugin was built for (`"0.3.0"`, `"0.2.0"`,
+    /// `"0.1.0"`).
     pub fn contract(&self) -> &'static str {
         match self.inner.pre {
             Pre::V1(_) => "0.1.0",
             Pre::V2(_) => "0.2.0",
+            Pre::V3(_) => "0.3.0",
         }
     }
 
@@ -763,7 +1080,11 @@ impl Plugin {
     ) -> Result<Decision, PluginError> {
         self.inner
             .call(body, Some(facts), |store, bindings| match bindings {
-                Bindings::V2(b) => b.llamagate_policy_policy().call_on_request(store, req),
+                Bindings::V3(b) => b.llamagate_policy_policy().call_on_request(store, req),
+                Bindings::V2(b) => b
+                    .llamagate_policy_policy()
+                    .call_on_request(store, &v2::request(req))
+                    .map(v2::decision),
                 Bindings::V1(b) => {
                     let backends: Vec<_> = facts.all().into_iter().map(v1::backend).collect();
                     b.llamagate_policy_policy()
@@ -796,9 +1117,13 @@ impl Plugin {
             &Bytes::new(),
             Some(facts),
             |store, bindings| match bindings {
-                Bindings::V2(b) => b
+                Bindings::V3(b) => b
                     .llamagate_policy_policy()
                     .call_list_models(store, req, models),
+                Bindings::V2(b) => b
+                    .llamagate_policy_policy()
+                    .call_list_models(store, &v2::request(req), &v2::listed_to_old(models))
+                    .map(v2::listed_from_old),
                 Bindings::V1(b) => b
                     .llamagate_policy_policy()
                     .call_list_models(store, &v1::request(req), &v1::listed_to_old(models))
@@ -933,6 +1258,7 @@ impl PluginInner {
         let bindings = match &self.pre {
             Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
             Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
+            Pre::V3(pre) => pre.instantiate(&mut store).map(Bindings::V3),
         }
         .map_err(|e| self.start_error(e, store.data().hit_memory_cap))?;
         State::arm(&mut store, self.start_budget());
@@ -941,6 +1267,9 @@ impl PluginInner {
                 .llamagate_policy_policy()
                 .call_init(&mut store, &self.config),
             Bindings::V2(b) => b
+                .llamagate_policy_policy()
+                .call_init(&mut store, &self.config),
+            Bindings::V3(b) => b
                 .llamagate_policy_policy()
                 .call_init(&mut store, &self.config),
         };

@@ -193,6 +193,55 @@ pub struct Choice {
     pub by: String,
 }
 
+/// What the chain asked the host to enforce for one request (0.3.0 edits;
+/// plugins built for older contracts ask nothing). Each field is the value of
+/// the last plugin of the chain that set it; `None`: the host's configured
+/// behaviour.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Enforce {
+    /// Queue priority while waiting for a slot: higher first (the host's
+    /// default is 0).
+    pub priority: Option<i32>,
+    /// Longest wait for a backend's response head before failing over; replaces
+    /// the configured (or per-model) first-byte timeout.
+    pub first_byte_timeout: Option<Duration>,
+    /// Longest gap between streamed body frames; replaces the configured
+    /// stream idle timeout.
+    pub stream_idle_timeout: Option<Duration>,
+    /// Longest wait in the queue before 429; replaces the configured queue timeout.
+    pub queue_timeout: Option<Duration>,
+    /// `Some(false)`: never move to the next backend of the list; `Some(true)`
+    /// or `None`: the host's failover rules.
+    pub failover: Option<bool>,
+    /// `Some(true)`: a pull or delete goes to every chosen backend at once.
+    pub every_backend: Option<bool>,
+}
+
+impl Enforce {
+    /// Takes what one plugin's edits set, over what earlier plugins set.
+    fn apply(&mut self, edits: &Edits) {
+        let ms = Duration::from_millis;
+        if let Some(p) = edits.priority {
+            self.priority = Some(p);
+        }
+        if let Some(t) = edits.first_byte_timeout_ms {
+            self.first_byte_timeout = Some(ms(t));
+        }
+        if let Some(t) = edits.stream_idle_timeout_ms {
+            self.stream_idle_timeout = Some(ms(t));
+        }
+        if let Some(t) = edits.queue_timeout_ms {
+            self.queue_timeout = Some(ms(t));
+        }
+        if let Some(f) = edits.failover {
+            self.failover = Some(f);
+        }
+        if let Some(e) = edits.every_backend {
+            self.every_backend = Some(e);
+        }
+    }
+}
+
 /// A request as the chain left it, with what changed.
 pub struct Plan {
     /// The request view after all edits.
@@ -214,6 +263,8 @@ pub struct Plan {
     /// Who the request is for, as the last plugin that said so named it (a
     /// key's or team's name): the fairness key from then on, and in the log.
     pub principal: Option<String>,
+    /// Priority, timeouts and failover the plugins asked the host to enforce.
+    pub enforce: Enforce,
     /// What each plugin did, when tracing.
     pub trace: Vec<String>,
 }
@@ -231,6 +282,7 @@ impl Plan {
             remove_headers: Vec::new(),
             backends: None,
             principal: None,
+            enforce: Enforce::default(),
             trace: Vec::new(),
         }
     }
@@ -268,6 +320,7 @@ impl Plan {
 
     /// Applies one plugin's edits to the view and records what must change.
     fn apply(&mut self, plugin: &str, edits: Edits) -> Result<(), GatewayError> {
+        self.enforce.apply(&edits);
         let req = &mut self.request;
         if let Some(model) = edits.model {
             if req.model.as_deref() != Some(model.as_str()) {
@@ -611,6 +664,24 @@ fn describe(plugin: &str, edits: &Edits) -> String {
     }
     if let Some(p) = &edits.principal {
         parts.push(format!("principal={p}"));
+    }
+    if let Some(p) = edits.priority {
+        parts.push(format!("priority={p}"));
+    }
+    for (name, ms) in [
+        ("first_byte_timeout", edits.first_byte_timeout_ms),
+        ("stream_idle_timeout", edits.stream_idle_timeout_ms),
+        ("queue_timeout", edits.queue_timeout_ms),
+    ] {
+        if let Some(ms) = ms {
+            parts.push(format!("{name}={ms}ms"));
+        }
+    }
+    if let Some(f) = edits.failover {
+        parts.push(format!("failover={f}"));
+    }
+    if edits.every_backend == Some(true) {
+        parts.push("every backend".into());
     }
     if parts.is_empty() {
         format!("{plugin}: pass")

@@ -179,8 +179,8 @@ async fn serve(
 /// Whether the policy asked for its pull or delete to reach every backend it
 /// chose (rather than the first that answers). Contract 0.3.0 lets a plugin
 /// say so; older plugins place such calls on one backend, as before.
-fn every_backend(_plan: &Plan) -> bool {
-    false
+fn every_backend(plan: &Plan) -> bool {
+    plan.enforce.every_backend == Some(true)
 }
 
 /// How long the re-probe after a model change may take.
@@ -416,8 +416,8 @@ fn slot_for(
             Some(principal) => principal.clone(),
             None => client.ip().to_canonical().to_string(),
         },
-        priority: 0,
-        max_wait: queue.timeout,
+        priority: plan.enforce.priority.unwrap_or(0),
+        max_wait: plan.enforce.queue_timeout.unwrap_or(queue.timeout),
     })
 }
 
@@ -522,8 +522,14 @@ impl Outgoing {
             headers,
             body,
             upload,
-            timeouts: failover.timeouts(plan.request.model.as_deref()),
-            failover: true,
+            timeouts: {
+                let (first_byte, idle) = failover.timeouts(plan.request.model.as_deref());
+                (
+                    plan.enforce.first_byte_timeout.unwrap_or(first_byte),
+                    plan.enforce.stream_idle_timeout.unwrap_or(idle),
+                )
+            },
+            failover: plan.enforce.failover != Some(false),
             slot: None,
         })
     }
@@ -672,8 +678,9 @@ pub async fn forward(
         drop(in_flight);
         drop(permit);
         let moves_on = match &failure {
-            // Nothing was sent: any request may go elsewhere.
-            Failure::Unreachable(_) => true,
+            // Nothing was sent: any request may go elsewhere (unless the
+            // policy said it may not move at all).
+            Failure::Unreachable(_) => outgoing.failover,
             Failure::Local(_) => false,
             _ => resendable,
         };

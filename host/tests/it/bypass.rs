@@ -40,7 +40,13 @@ fn traffic(backend: &SimHandle) -> Vec<sim::Recorded> {
     backend
         .requests()
         .into_iter()
-        .filter(|r| !(r.method == "GET" && (r.path == "/api/tags" || r.path == "/api/ps")))
+        .filter(|r| {
+            let probe = r
+                .header("user-agent")
+                .is_some_and(|ua| ua.starts_with("llamagate-probe/"));
+            let listing = r.method == "GET" && (r.path == "/api/tags" || r.path == "/api/ps");
+            !probe && !listing
+        })
         .collect()
 }
 

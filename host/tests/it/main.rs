@@ -17,6 +17,7 @@ mod errors;
 mod examples;
 mod failover;
 mod fanout;
+mod fleet_figures;
 mod flood;
 mod health;
 mod layering;

@@ -280,7 +280,7 @@ async fn memory_hogs_do_not_grow_the_proxy() {
 }
 
 /// A plugin built for `llamagate:policy@0.1.0` (plain wit-bindgen, the whole
-/// fleet passed to `on-request`) keeps working beside 0.2.0 ones.
+/// fleet passed to `on-request`) keeps working beside 0.3.0 ones.
 #[tokio::test]
 async fn a_plugin_built_for_0_1_0_keeps_working() {
     let a = backend(&["llama3.2"]).await;
@@ -341,6 +341,254 @@ async fn a_plugin_built_for_0_1_0_keeps_working() {
         "{header}"
     );
     assert!(header.ends_with("served by a"), "{header}");
+}
+
+/// A plugin built for `llamagate:policy@0.2.0` (plain wit-bindgen, asking
+/// `backends-for`) keeps working beside 0.3.0 ones: it routes, names a
+/// principal, and lists.
+#[tokio::test]
+async fn a_plugin_built_for_0_2_0_keeps_working() {
+    let a = backend(&["llama3.2"]).await;
+    let b = backend(&["llama3.2", "mistral"]).await;
+    let v2 = component("v2-policy-fixture");
+    let proxy = Proxy::with_config(
+        &format!(
+            r#"
+            explain = true
+            [connections]
+            a = "{}"
+            b = "{}"
+            [[plugins]]
+            name = "old"
+            path = "{}"
+            "#,
+            a.url(),
+            b.url(),
+            v2.display()
+        ),
+        &[],
+    );
+    let names = loop {
+        let tags = get(&format!("{}/api/tags", proxy.url)).await.json();
+        let names: Vec<String> = tags["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        if names.len() == 2 {
+            break names;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        names.contains(&"v2-llama3.2:latest".to_string()),
+        "{names:?}"
+    );
+    for _ in 0..3 {
+        let r = post(
+            &format!("{}/api/chat", proxy.url),
+            &json!({"model":"llama3.2","messages":[],"stream":false}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let header = r
+            .header(llamagate::proxy::pipeline::DECISION_HEADER)
+            .unwrap();
+        // Both backends that serve it, reversed (its choice, not the
+        // default policy's), and the principal it named.
+        assert!(
+            header.contains("old: header x-v2-seen backends=[b,a] principal=v2-fixture"),
+            "{header}"
+        );
+        assert!(header.ends_with("served by b"), "{header}");
+    }
+    let seen: Vec<String> = b
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/chat")
+        .filter_map(|r| {
+            r.headers
+                .into_iter()
+                .find(|(n, _)| n == "x-v2-seen")
+                .map(|(_, v)| v)
+        })
+        .collect();
+    assert_eq!(
+        seen, ["2/2/0/2"; 3],
+        "2 serving, 2 healthy, none loaded, 2 in all"
+    );
+    let r = post(
+        &format!("{}/api/chat", proxy.url),
+        &json!({"model":"phi4","messages":[],"stream":false}),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        r.text().contains("v2 plugin: no backend serves phi4"),
+        "{}",
+        r.text()
+    );
+    let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+    assert_eq!(
+        status["contracts_served"],
+        json!(["0.3.0", "0.2.0", "0.1.0"])
+    );
+    assert_eq!(
+        status["contracts"],
+        json!([
+            {"plugin": "default-policy", "contract": "0.3.0"},
+            {"plugin": "old", "contract": "0.2.0"}
+        ])
+    );
+    assert_eq!(status["backends"][0]["state"], "up", "{status}");
+}
+
+/// The fleet facts a contract-level test hands the plugins: four backends in
+/// every state, with 0.3.0's facts filled in.
+fn rich_fleet() -> Vec<llamagate::plugin::Backend> {
+    use llamagate::plugin::{Backend, Health, LoadedModel, ModelFacts};
+    let states = [Health::Up, Health::HalfOpen, Health::Open, Health::Down];
+    states
+        .into_iter()
+        .enumerate()
+        .map(|(i, state)| Backend {
+            id: format!("b{i}"),
+            url: format!("http://b{i}:11434"),
+            state,
+            reason: (state != Health::Up).then(|| "breaker".to_string()),
+            version: Some(format!("0.12.{i}")),
+            slots: 12,
+            model_slots: 4,
+            in_flight: i as u32,
+            queued: 10 + i as u32,
+            vram: Some(24 << 30),
+            models: vec!["llama3.2:latest".into()],
+            loaded: vec![LoadedModel {
+                name: "llama3.2:latest".into(),
+                size: 5 << 30,
+                size_vram: 4 << 30,
+                context_length: Some(8192),
+                expires_in_secs: Some(300),
+            }],
+            model: Some(ModelFacts {
+                size: Some(2 << 30),
+                in_flight: 1,
+                queued: 2,
+            }),
+        })
+        .collect()
+}
+
+/// Decides one chat for `llama3.2` with `plugin` alone (no default policy),
+/// with the `x-hostile` header (the hostile fixture's behaviour) set.
+fn decide_alone(
+    package: &str,
+    behaviour: &str,
+) -> Result<llamagate::policy::Outcome, llamagate::api::error::GatewayError> {
+    use llamagate::plugin::{Endpoint, Facts, Header, Limits, Request, Runtime, Snapshot};
+    let wasm = std::fs::read(component(package)).unwrap();
+    let runtime = Runtime::new().unwrap();
+    let plugin = runtime
+        .load(package, &wasm, "{}".into(), Limits::default())
+        .unwrap();
+    let chain = llamagate::policy::Chain::of(vec![plugin]);
+    let request = Request {
+        id: "1".into(),
+        endpoint: Endpoint::Chat,
+        method: "POST".into(),
+        path: "/api/chat".into(),
+        model: Some("llama3.2".into()),
+        headers: vec![Header {
+            name: "x-hostile".into(),
+            value: behaviour.into(),
+        }],
+        client_addr: "127.0.0.1:5000".into(),
+        options: vec![],
+        keep_alive: None,
+        streaming: false,
+        body_size: 2,
+        route: None,
+    };
+    let facts: std::sync::Arc<dyn Facts> = std::sync::Arc::new(Snapshot::new(rich_fleet()));
+    chain.decide_blocking(
+        request,
+        Default::default(),
+        &facts,
+        &bytes::Bytes::from_static(b"{}"),
+        true,
+    )
+}
+
+fn plan_header(plan: &llamagate::policy::Plan, name: &str) -> String {
+    plan.set_headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.to_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no {name} header set"))
+}
+
+/// A 0.3.0 plugin gets every fact of `backend` (state, version, slots, queue,
+/// VRAM, loaded sizes and expiry, the asked model's facts from `backends-for`,
+/// none from `all-backends`), and what it asks the host to enforce lands in
+/// the plan.
+#[test]
+fn contract_0_3_0_facts_reach_the_plugin_and_its_enforce_edits_the_plan() {
+    use llamagate::policy::{Enforce, Outcome};
+    use std::time::Duration;
+    let Ok(Outcome::Forward(plan)) = decide_alone("hostile-fixture", "facts") else {
+        panic!("the facts behaviour forwards");
+    };
+    let facts = plan_header(&plan, "x-facts");
+    let runner = "[llama3.2:latest=5368709120/4294967296/Some(8192)/Some(300)]";
+    let model = "Some(2147483648)/1+2";
+    let expected: Vec<String> = ["Up:true", "HalfOpen:true", "Open:false", "Down:false"]
+        .iter()
+        .enumerate()
+        .map(|(i, state)| {
+            format!(
+                "b{i}:{state}:Some(\"0.12.{i}\"):12/4:{i}+{}:Some(25769803776):{runner}:{model}",
+                10 + i
+            )
+        })
+        .collect();
+    assert_eq!(
+        facts,
+        format!("{} | all=4 none=true", expected.join(" ")),
+        "facts as the plugin saw them"
+    );
+    assert_eq!(
+        plan.enforce,
+        Enforce {
+            priority: Some(7),
+            first_byte_timeout: Some(Duration::from_millis(1500)),
+            stream_idle_timeout: Some(Duration::from_millis(2500)),
+            queue_timeout: Some(Duration::from_millis(3500)),
+            failover: Some(false),
+            every_backend: Some(true),
+        }
+    );
+    // A decision that asks nothing leaves the host's own settings.
+    let Ok(Outcome::Forward(plan)) = decide_alone("hostile-fixture", "none") else {
+        panic!("forwards");
+    };
+    assert_eq!(plan.enforce, Enforce::default());
+}
+
+/// A 0.2.0 plugin is told `healthy` = up or half-open, and its decision
+/// asks nothing of what 0.3.0 enforces.
+#[test]
+fn contract_0_2_0_sees_half_open_as_healthy_and_enforces_nothing() {
+    use llamagate::policy::{Enforce, Outcome};
+    let Ok(Outcome::Forward(plan)) = decide_alone("v2-policy-fixture", "") else {
+        panic!("forwards");
+    };
+    // 4 serving, 2 healthy (up, half-open), 4 runners, 4 in all.
+    assert_eq!(plan_header(&plan, "x-v2-seen"), "4/2/4/4");
+    let route = plan.backends.as_ref().unwrap().backends.clone();
+    assert_eq!(route, ["b1", "b0", "b3", "b2"]);
+    assert_eq!(plan.principal.as_deref(), Some("v2-fixture"));
+    assert_eq!(plan.enforce, Enforce::default());
 }
 
 #[tokio::test]
@@ -449,7 +697,13 @@ async fn plugin_check_says_what_is_wrong() {
     let hostile = component("hostile-fixture");
     let (ok, out) = llamagate(&["plugin", "check", hostile.to_str().unwrap()]);
     assert!(ok, "{out}");
-    assert!(out.contains("implements llamagate:policy@0.2.0"), "{out}");
+    assert!(out.contains("implements llamagate:policy@0.3.0"), "{out}");
+    let v2 = component("v2-policy-fixture");
+    let (ok, out) = llamagate(&["plugin", "check", v2.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("implements llamagate:policy@0.2.0"),
+        "{out}"
+    );
     let v1 = component("v1-policy-fixture");
     let (ok, out) = llamagate(&["plugin", "check", v1.to_str().unwrap()]);
     assert!(

@@ -151,7 +151,10 @@ async fn legacy_name_copy_delete_and_openai_model_route_by_model() {
     let paths = |s: &SimHandle| {
         s.requests()
             .into_iter()
-            .filter(|r| r.path != "/api/tags" && r.path != "/api/ps")
+            .filter(|r| {
+                !r.header("user-agent")
+                    .is_some_and(|ua| ua.starts_with("llamagate-probe/"))
+            })
             .map(|r| format!("{} {}", r.method, r.path))
             .collect::<Vec<_>>()
     };

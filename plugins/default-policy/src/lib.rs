@@ -15,16 +15,22 @@
 //!   best backend (a configured model: to its backends); a create prefers the
 //!   backends that already have its `from` model.
 //!
-//! Replicas are ordered healthy first, then those with the model loaded, then
-//! by fewest requests in flight.
+//! - replicas ordered by a `strategy`, globally and per model ([`placement`]):
+//!   `warm-first` (the default), `priority`, `round-robin` or `least-busy`,
+//!   with `weights` per backend; up and half-open (on trial) before open or down,
+//!   and the replica list's order breaking ties;
+//! - opt-in per model, `num_ctx` snapped to a loaded runner's context or
+//!   rounded up to buckets, so clients that vary it do not make Ollama reload.
 
 use std::collections::BTreeMap;
 
 use llamagate_sdk::names;
 use serde::Deserialize;
 
+pub mod placement;
 mod rules;
-pub use rules::{create_base, Config, ModelRules, OptionRules};
+pub use placement::{Placement, Strategy};
+pub use rules::{create_base, Config, ModelRules, NumCtxSnap, OptionRules};
 
 /// The `policy` export. Compiled natively too, so that its decisions are
 /// unit-tested against the SDK's stand-in fleet.
@@ -99,7 +105,7 @@ mod guest {
         }
         let Some(model) = req.model.as_deref() else {
             if edits.backends.is_none() && req.endpoint != Endpoint::Root {
-                edits.backends = Some(ids(order(all_backends(), None)));
+                edits.backends = Some(ids(order(all_backends())));
             }
             return edits;
         };
@@ -108,8 +114,27 @@ mod guest {
             edits.model = Some(target.clone());
         }
         let target = target.as_deref().unwrap_or(model);
+        let rules = config.rules_for(target);
+        let options = takes_options(req.endpoint);
+        let current = req.option("num_ctx").and_then(as_i64).filter(|_| options);
+        // The context the request will carry, before snapping to a runner
+        // (which depends on the backend chosen below).
+        let wanted = rules
+            .num_ctx(current)
+            .or(current)
+            .map(|n| rules.bucket(n))
+            .filter(|_| options);
+        let placement = Placement {
+            strategy: config.strategy_for(target),
+            weights: &config.weights,
+            model: Some(target),
+            num_ctx: wanted,
+            snap_up_to: rules.snap_up_to(),
+            request_id: &req.id,
+        };
+        let mut first_runner_ctx = None;
         if edits.backends.is_none() {
-            let mut chosen = route(config, req.endpoint, target);
+            let mut chosen = route(config, req.endpoint, target, &placement);
             if req.endpoint == Endpoint::Create {
                 // Unpinned: where the base model (`from`) already is, if
                 // anywhere, so Ollama need not fetch it from the registry.
@@ -117,12 +142,30 @@ mod guest {
                     prefer_serving(&mut chosen, &config.resolve_alias(&base).unwrap_or(base));
                 }
             }
+            first_runner_ctx = chosen
+                .first()
+                .and_then(|b| b.loaded_model(target))
+                .and_then(|r| r.context_length);
+            // A delete removes the model from every backend chosen; a pull
+            // of a model that has replicas (configured, or already on some
+            // backends) updates them all. A pull of a model nobody has yet
+            // is placed on one backend, the first of the list.
+            let fleet_wide = match req.endpoint {
+                Endpoint::Delete => true,
+                Endpoint::Pull => {
+                    config.models.contains_key(&names::key(target))
+                        || !backends_for(target).is_empty()
+                }
+                _ => false,
+            };
+            if fleet_wide && chosen.len() > 1 {
+                edits.every_backend = Some(true);
+            }
             edits.backends = Some(ids(chosen));
         }
-        if takes_options(req.endpoint) {
-            let rules = config.rules_for(target);
-            let current = req.option("num_ctx").and_then(as_i64);
-            if let Some(n) = rules.num_ctx(current) {
+        if options {
+            let snapped = wanted.map(|n| rules.snap(n, first_runner_ctx));
+            if let Some(n) = snapped.filter(|n| Some(*n) != current) {
                 edits.set_options.push(OptionEntry {
                     key: "num_ctx".into(),
                     value: JsonValue::Integer(n),
@@ -136,11 +179,19 @@ mod guest {
     }
 
     /// The backends for a model, best first; empty when none serves it.
-    fn route(config: &Config, endpoint: Endpoint, model: &str) -> Vec<Backend> {
+    fn route(
+        config: &Config,
+        endpoint: Endpoint,
+        model: &str,
+        placement: &Placement,
+    ) -> Vec<Backend> {
         let key = names::key(model);
         if let Some(ids) = config.models.get(&key) {
-            // The map's backends, whether or not they report the model yet.
-            return order(backends_with_ids(ids, Some(model)), Some(&key));
+            // The map's backends, whether or not they report the model yet,
+            // in the replica list's order: the operator's preference.
+            let mut listed = backends_with_ids(ids, Some(model));
+            listed.sort_by_key(|b| ids.iter().position(|id| *id == b.id));
+            return placement.order(listed);
         }
         if !config.routes_unlisted() {
             return Vec::new();
@@ -148,9 +199,9 @@ mod guest {
         let serving = backends_for(model);
         if serving.is_empty() && creates_model(endpoint) {
             // A model nobody has yet: pull or create it on the best backend.
-            return order(all_backends(), None);
+            return order(all_backends());
         }
-        order(serving, Some(&key))
+        placement.order(serving)
     }
 
     /// Moves the backends that serve `model` to the front, healthy ones
@@ -160,17 +211,14 @@ mod guest {
             return;
         }
         let serving = backends_for(model);
-        chosen.sort_by_key(|b| (!b.healthy, !serving.iter().any(|s| s.id == b.id)));
+        chosen.sort_by_key(|b| (b.state.rank(), !serving.iter().any(|s| s.id == b.id)));
     }
 
-    /// Healthy first, then with the model loaded, then fewest in flight.
-    fn order(mut list: Vec<Backend>, model_key: Option<&str>) -> Vec<Backend> {
-        list.sort_by_key(|b| {
-            let loaded = model_key
-                .map(|k| b.loaded.iter().any(|l| names::key(&l.name) == k))
-                .unwrap_or(false);
-            (!b.healthy, !loaded, b.in_flight)
-        });
+    /// For requests that place no known model (a pull of a new one, a
+    /// listing): up and half-open first, then the rest; then fewest in
+    /// flight; then configuration order.
+    fn order(mut list: Vec<Backend>) -> Vec<Backend> {
+        list.sort_by_key(|b| (b.state.rank(), b.in_flight));
         list
     }
 
@@ -238,18 +286,23 @@ mod guest {
         }
 
         #[test]
-        fn unmapped_models_go_to_their_backends_healthy_then_loaded_then_idle() {
+        fn unmapped_models_go_warm_and_free_first_then_in_fleet_order() {
             set_fleet([
                 backend("a", &["llama3.2"]).with_in_flight(2),
                 backend("b", &["llama3.2"]).unhealthy(),
+                // Warm, but its 3 slots are taken: no better than cold.
                 backend("c", &["llama3.2"])
                     .with_in_flight(5)
                     .with_loaded("llama3.2", 4096),
                 backend("d", &["mistral"]),
                 backend("e", &["llama3.2:latest"]).with_in_flight(1),
+                backend("f", &["llama3.2"]).with_loaded("llama3.2", 4096),
             ]);
             let c = config("{}");
-            assert_eq!(routed(&c, &chat("LLAMA3.2")).unwrap(), ["c", "e", "a", "b"]);
+            assert_eq!(
+                routed(&c, &chat("LLAMA3.2")).unwrap(),
+                ["f", "a", "c", "e", "b"]
+            );
             // One host call, and only the backends that serve the model.
             assert_eq!(fleet_calls().backends_for, 1);
             assert_eq!(fleet_calls().all_backends, 0);
@@ -257,18 +310,172 @@ mod guest {
         }
 
         #[test]
-        fn mapped_models_go_to_their_map_entry_served_yet_or_not() {
+        fn mapped_models_go_to_their_map_entry_in_its_order_served_yet_or_not() {
             set_fleet([
                 backend("a", &["llama3.2"]),
                 backend("b", &[]).with_in_flight(1),
                 backend("c", &["llama3.2"]),
             ]);
             let c = config(r#"{"models":{"llama3.2":["c","a"],"mistral":["b","a"]}}"#);
-            assert_eq!(routed(&c, &chat("llama3.2")).unwrap(), ["a", "c"]);
+            assert_eq!(routed(&c, &chat("llama3.2")).unwrap(), ["c", "a"]);
             assert_eq!(fleet_calls().all_backends, 0, "all of them serve it");
             // `b` reports no models yet: the map still sends it there.
-            assert_eq!(routed(&c, &chat("mistral")).unwrap(), ["a", "b"]);
+            assert_eq!(routed(&c, &chat("mistral")).unwrap(), ["b", "a"]);
             assert_eq!(routed(&c, &chat("qwen2.5")).unwrap(), Vec::<String>::new());
+        }
+
+        /// The issue's case: `["b2","b1"]` sent 6 of 6 sequential requests to b1.
+        #[test]
+        fn the_replica_lists_order_is_the_tie_break_for_every_strategy() {
+            set_fleet([backend("b1", &["m"]), backend("b2", &["m"])]);
+            for strategy in ["priority", "least-busy", "warm-first"] {
+                let c = config(&format!(
+                    r#"{{"models":{{"m":["b2","b1"]}},"strategy":"{strategy}"}}"#
+                ));
+                for id in 1..=6 {
+                    let mut req = chat("m");
+                    req.id = id.to_string();
+                    assert_eq!(routed(&c, &req).unwrap(), ["b2", "b1"], "{strategy}");
+                }
+            }
+            // Round robin starts from the list's first too.
+            let c = config(r#"{"models":{"m":["b2","b1"]},"strategy":"round-robin"}"#);
+            let firsts: Vec<String> = (0..4)
+                .map(|id| {
+                    let mut req = chat("m");
+                    req.id = id.to_string();
+                    routed(&c, &req).unwrap()[0].clone()
+                })
+                .collect();
+            assert_eq!(firsts, ["b2", "b1", "b2", "b1"]);
+        }
+
+        #[test]
+        fn a_models_strategy_overrides_the_global_one_and_weights_apply() {
+            set_fleet([
+                backend("a", &["m", "n"]).with_model_requests("m", 1, 0),
+                backend("b", &["m", "n"]).with_loaded("n", 4096),
+            ]);
+            let c = config(
+                r#"{"strategy":"priority","weights":{"a":3},
+                    "overrides":{"m":{"strategy":"least-busy"}}}"#,
+            );
+            // m: least busy; `a`'s 1 request over weight 3 still loses to 0.
+            assert_eq!(routed(&c, &chat("m")).unwrap(), ["b", "a"]);
+            // n: priority, although `b` has it loaded.
+            assert_eq!(routed(&c, &chat("n")).unwrap(), ["a", "b"]);
+            let c = config(r#"{"strategy":"round-robin","weights":{"a":3}}"#);
+            let firsts: Vec<String> = (0..8)
+                .map(|id| {
+                    let mut req = chat("n");
+                    req.id = id.to_string();
+                    routed(&c, &req).unwrap()[0].clone()
+                })
+                .collect();
+            assert_eq!(firsts, ["a", "a", "a", "b", "a", "a", "a", "b"]);
+        }
+
+        #[test]
+        fn a_cold_model_goes_where_it_fits_and_offloaded_runners_are_degraded() {
+            use llamagate_sdk::testing::gib;
+            set_fleet([
+                backend("small", &["m"])
+                    .with_vram(gib(8))
+                    .with_model_size("m", gib(7)),
+                backend("offloaded", &["m"]).with_loaded_sized("m", gib(9), gib(5)),
+                backend("big", &["m"])
+                    .with_vram(gib(48))
+                    .with_model_size("m", gib(7)),
+            ]);
+            let c = config("{}");
+            assert_eq!(
+                routed(&c, &chat("m")).unwrap(),
+                ["offloaded", "big", "small"]
+            );
+            let c = config(r#"{"models":{"m":["small","big"]}}"#);
+            set_fleet([
+                backend("small", &["m"])
+                    .with_vram(gib(8))
+                    .with_model_size("m", gib(7)),
+                backend("big", &["m"])
+                    .with_vram(gib(48))
+                    .with_model_size("m", gib(7)),
+            ]);
+            assert_eq!(routed(&c, &chat("m")).unwrap(), ["big", "small"]);
+        }
+
+        fn num_ctx_sent(c: &Config, req: &Request) -> Option<i64> {
+            decide(c, req)
+                .set_options
+                .iter()
+                .find(|o| o.key == "num_ctx")
+                .and_then(|o| as_i64(&o.value))
+        }
+
+        fn chat_ctx(model: &str, n: i64) -> Request {
+            chat(model).with_option("num_ctx", JsonValue::Integer(n))
+        }
+
+        #[test]
+        fn num_ctx_snaps_to_the_chosen_backends_runner_when_opted_in() {
+            set_fleet([
+                backend("a", &["m", "plain"])
+                    .with_loaded("m", 8192)
+                    .with_loaded("plain", 8192),
+                backend("b", &["m", "plain"]).with_loaded("m", 2048),
+            ]);
+            let c = config(
+                r#"{"max_num_ctx":16384,"overrides":{"m":{"num_ctx_snap":"loaded"},
+                    "e":{"num_ctx_snap":"loaded","enforce":{"num_ctx":4096}}}}"#,
+            );
+            let edits = decide(&c, &chat_ctx("m", 4096));
+            assert_eq!(
+                edits.backends.unwrap(),
+                ["a", "b"],
+                "a's runner can take it"
+            );
+            assert_eq!(num_ctx_sent(&c, &chat_ctx("m", 4096)), Some(8192));
+            assert_eq!(
+                num_ctx_sent(&c, &chat_ctx("m", 8192)),
+                None,
+                "already right"
+            );
+            // Larger than any runner: left as asked (a reload is unavoidable).
+            assert_eq!(num_ctx_sent(&c, &chat_ctx("m", 12000)), None);
+            // Not opted in: 4096 stays 4096, so the 8192 runner would reload.
+            assert_eq!(num_ctx_sent(&c, &chat_ctx("plain", 4096)), None);
+            // No num_ctx asked: nothing to snap.
+            assert_eq!(num_ctx_sent(&c, &chat("m")), None);
+            // An enforced value is never snapped.
+            set_fleet([backend("a", &["e"]).with_loaded("e", 8192)]);
+            assert_eq!(num_ctx_sent(&c, &chat_ctx("e", 1000)), Some(4096));
+            // Never above the cap.
+            set_fleet([backend("a", &["m"]).with_loaded("m", 32768)]);
+            assert_eq!(num_ctx_sent(&c, &chat_ctx("m", 4096)), None);
+        }
+
+        #[test]
+        fn num_ctx_rounds_up_to_buckets_when_opted_in() {
+            set_fleet([backend("a", &["m", "plain"])]);
+            let c = config(
+                r#"{"defaults":{"num_ctx":3000},
+                    "overrides":{"m":{"num_ctx_buckets":[2048,8192,32768]}}}"#,
+            );
+            assert_eq!(num_ctx_sent(&c, &chat_ctx("m", 3000)), Some(8192));
+            assert_eq!(num_ctx_sent(&c, &chat_ctx("m", 100)), Some(2048));
+            assert_eq!(num_ctx_sent(&c, &chat_ctx("m", 8192)), None);
+            assert_eq!(
+                num_ctx_sent(&c, &chat_ctx("m", 40000)),
+                None,
+                "above the last"
+            );
+            assert_eq!(
+                num_ctx_sent(&c, &chat("m")),
+                Some(8192),
+                "the default, rounded"
+            );
+            assert_eq!(num_ctx_sent(&c, &chat_ctx("plain", 3001)), None);
+            assert_eq!(num_ctx_sent(&c, &chat("plain")), Some(3000));
         }
 
         #[test]

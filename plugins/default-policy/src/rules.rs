@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::placement::Strategy;
 use crate::{names, normalise_keys, OneOrMany};
 
 /// `num_ctx` and `keep_alive` values.
@@ -30,6 +31,24 @@ pub struct ModelRules {
     pub enforce: OptionRules,
     /// Largest `num_ctx` a request may ask for; larger values are lowered to it.
     pub max_num_ctx: Option<i64>,
+    /// How this model's replicas are ordered (per model only; the global
+    /// one is [`Config::strategy`]).
+    pub strategy: Option<Strategy>,
+    /// `"loaded"`: snap a `num_ctx` up to the context of the runner loaded on
+    /// the chosen backend, when that is at least as large (per model only).
+    pub num_ctx_snap: Option<NumCtxSnap>,
+    /// Round a `num_ctx` up to the next of these (ascending); above the
+    /// last it is left as it is (per model only).
+    pub num_ctx_buckets: Option<Vec<i64>>,
+}
+
+/// How a requested `num_ctx` may be snapped to a loaded runner's.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NumCtxSnap {
+    /// To the context of the model's runner on the chosen backend, when it
+    /// is at least the one asked for (Ollama then need not reload it).
+    Loaded,
 }
 
 /// The default policy's configuration (`[policy]` in `llamagate.toml`).
@@ -49,6 +68,10 @@ pub struct Config {
     pub overrides: BTreeMap<String, ModelRules>,
     /// Header that pins a request to a backend id; empty disables it.
     pub backend_header: String,
+    /// How replicas are ordered, unless a model's override says otherwise.
+    pub strategy: Strategy,
+    /// Backend id -> weight for `round-robin` and `least-busy` (1 when absent).
+    pub weights: BTreeMap<String, u32>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +94,10 @@ struct RawConfig {
     overrides: BTreeMap<String, ModelRules>,
     #[serde(default = "default_backend_header")]
     backend_header: String,
+    #[serde(default)]
+    strategy: Strategy,
+    #[serde(default)]
+    weights: BTreeMap<String, u32>,
 }
 
 fn default_backend_header() -> String {
@@ -85,7 +112,15 @@ impl Config {
             defaults: raw.defaults,
             enforce: raw.enforce,
             max_num_ctx: raw.max_num_ctx,
+            ..ModelRules::default()
         };
+        for (id, weight) in &raw.weights {
+            if *weight == 0 {
+                return Err(format!(
+                    "weights.{id:?}: must be at least 1 (leave a backend out of a model's list to not use it)"
+                ));
+            }
+        }
         validate(&global, "")?;
         for (model, rules) in &raw.overrides {
             validate(rules, &format!("overrides.{model:?}."))?;
@@ -110,7 +145,17 @@ impl Config {
             global,
             overrides: normalise_keys(raw.overrides),
             backend_header: raw.backend_header.to_ascii_lowercase(),
+            strategy: raw.strategy,
+            weights: raw.weights,
         })
+    }
+
+    /// The strategy for `model`: its override's, else the global one.
+    pub fn strategy_for(&self, model: &str) -> Strategy {
+        self.overrides
+            .get(&names::key(model))
+            .and_then(|r| r.strategy)
+            .unwrap_or(self.strategy)
     }
 
     /// Whether models outside `models` are routed and listed.
@@ -157,6 +202,8 @@ impl Config {
             ),
             model_max_num_ctx: specific.and_then(|r| r.max_num_ctx),
             global_max_num_ctx: self.global.max_num_ctx,
+            snap: specific.and_then(|r| r.num_ctx_snap),
+            buckets: specific.and_then(|r| r.num_ctx_buckets.as_deref()),
             keep_alive: Rule::of(
                 keep_alive(m_enforce),
                 keep_alive(m_default),
@@ -228,6 +275,8 @@ pub struct Effective<'a> {
     model_max_num_ctx: Option<i64>,
     global_max_num_ctx: Option<i64>,
     keep_alive: Rule<&'a Value>,
+    snap: Option<NumCtxSnap>,
+    buckets: Option<&'a [i64]>,
 }
 
 impl Effective<'_> {
@@ -246,6 +295,47 @@ impl Effective<'_> {
         };
         let capped = cap.map_or(wanted, |max| wanted.min(max));
         (Some(capped) != current).then_some(capped)
+    }
+
+    /// Whether `num_ctx` is enforced (then never snapped nor bucketed).
+    fn enforced(&self) -> bool {
+        matches!(self.num_ctx, Rule::Enforce(..))
+    }
+
+    /// The largest `num_ctx` snapping or bucketing may produce: the cap that
+    /// applies to the model (`max_num_ctx`, per model else global).
+    fn snap_cap(&self) -> i64 {
+        self.model_max_num_ctx
+            .or(self.global_max_num_ctx)
+            .unwrap_or(i64::MAX)
+    }
+
+    /// `n` rounded up to the next of the model's `num_ctx_buckets`: `n`
+    /// itself when it is above the last, or the model has none, or
+    /// `num_ctx` is enforced, or the bucket is above the cap.
+    pub fn bucket(&self, n: i64) -> i64 {
+        if self.enforced() {
+            return n;
+        }
+        self.buckets
+            .and_then(|b| b.iter().copied().find(|&bucket| bucket >= n))
+            .filter(|&bucket| bucket <= self.snap_cap())
+            .unwrap_or(n)
+    }
+
+    /// When the model snaps to loaded runners (and `num_ctx` is not
+    /// enforced): the largest context it may snap to.
+    pub fn snap_up_to(&self) -> Option<i64> {
+        (self.snap == Some(NumCtxSnap::Loaded) && !self.enforced()).then(|| self.snap_cap())
+    }
+
+    /// `n`, or the chosen backend's runner's context `loaded` when snapping
+    /// applies and that is at least `n` (and not above the cap).
+    pub fn snap(&self, n: i64, loaded: Option<u32>) -> i64 {
+        match (self.snap_up_to(), loaded.map(i64::from)) {
+            (Some(max), Some(ctx)) if ctx >= n && ctx <= max => ctx,
+            _ => n,
+        }
     }
 
     /// The `keep_alive` to write, given whether the request has one.
@@ -293,6 +383,18 @@ pub fn create_base(body: &[u8]) -> Option<String> {
 }
 
 fn validate(rules: &ModelRules, prefix: &str) -> Result<(), String> {
+    if let Some(buckets) = &rules.num_ctx_buckets {
+        if buckets.is_empty() || buckets.iter().any(|&b| b <= 0) {
+            return Err(format!(
+                "{prefix}num_ctx_buckets: give positive numbers of tokens, e.g. [2048, 8192, 32768]"
+            ));
+        }
+        if buckets.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "{prefix}num_ctx_buckets: {buckets:?} must be in ascending order"
+            ));
+        }
+    }
     for (key, n) in [
         ("defaults.num_ctx", rules.defaults.num_ctx),
         ("enforce.num_ctx", rules.enforce.num_ctx),
@@ -576,6 +678,54 @@ mod tests {
         assert_eq!(create_base(br#"{"from":""}"#), None);
         assert_eq!(create_base(b"[1]"), None);
         assert_eq!(create_base(b"not json"), None);
+    }
+
+    #[test]
+    fn strategies_weights_and_num_ctx_rules_are_checked() {
+        let c =
+            config(json!({"strategy": "least-busy", "overrides": {"M": {"strategy": "priority"}}}));
+        assert_eq!(c.strategy_for("other"), Strategy::LeastBusy);
+        assert_eq!(c.strategy_for("m:latest"), Strategy::Priority);
+        assert_eq!(config(json!({})).strategy_for("x"), Strategy::WarmFirst);
+        let err = Config::parse(r#"{"strategy":"fastest"}"#).unwrap_err();
+        assert!(err.contains("unknown variant `fastest`"), "{err}");
+        let err = Config::parse(r#"{"weights":{"a":0}}"#).unwrap_err();
+        assert!(
+            err.starts_with("weights.\"a\": must be at least 1"),
+            "{err}"
+        );
+        assert!(Config::parse(r#"{"weights":{"a":1.5}}"#).is_err());
+        let err =
+            Config::parse(r#"{"overrides":{"m":{"num_ctx_buckets":[8192,2048]}}}"#).unwrap_err();
+        assert!(err.contains("ascending"), "{err}");
+        assert!(Config::parse(r#"{"overrides":{"m":{"num_ctx_buckets":[]}}}"#).is_err());
+        assert!(Config::parse(r#"{"overrides":{"m":{"num_ctx_snap":"always"}}}"#).is_err());
+        // Opt-in per model only.
+        let err = Config::parse(r#"{"num_ctx_snap":"loaded"}"#).unwrap_err();
+        assert!(err.contains("unknown field `num_ctx_snap`"), "{err}");
+    }
+
+    #[test]
+    fn buckets_and_snapping_respect_enforce_and_caps() {
+        let c = config(json!({
+            "max_num_ctx": 16384,
+            "overrides": {
+                "m": {"num_ctx_buckets": [2048, 8192, 32768], "num_ctx_snap": "loaded"},
+                "e": {"num_ctx_buckets": [8192], "enforce": {"num_ctx": 4096}}
+            }
+        }));
+        let m = c.rules_for("m");
+        assert_eq!(m.bucket(5000), 8192);
+        assert_eq!(m.bucket(9000), 9000, "32768 is above the cap");
+        assert_eq!(m.snap_up_to(), Some(16384));
+        assert_eq!(m.snap(4096, Some(8192)), 8192);
+        assert_eq!(m.snap(4096, Some(2048)), 4096);
+        assert_eq!(m.snap(4096, None), 4096);
+        let e = c.rules_for("e");
+        assert_eq!(e.bucket(4096), 4096, "enforced");
+        assert_eq!(e.snap_up_to(), None);
+        assert_eq!(c.rules_for("x").bucket(5000), 5000);
+        assert_eq!(c.rules_for("x").snap(4096, Some(8192)), 4096);
     }
 
     #[test]

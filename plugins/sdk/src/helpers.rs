@@ -1,8 +1,8 @@
 //! Helpers on the generated types, so a simple policy is a few dozen lines.
 
 use crate::bindings::llamagate::policy::types::{
-    Backend, Decision, Edits, Endpoint, Header, JsonValue, Level, LoadedModel, OptionEntry, Reply,
-    Request,
+    Backend, BackendState, Decision, Edits, Endpoint, Header, JsonValue, Level, LoadedModel,
+    OptionEntry, Reply, Request,
 };
 use crate::names;
 
@@ -49,10 +49,12 @@ pub fn all_backends() -> Vec<Backend> {
 /// backend are left out), e.g. an earlier plugin's `route`.
 ///
 /// When they all serve `model`, one [`backends_for`] call answers; the whole
-/// fleet is asked for only when some do not (or `model` is `None`).
+/// fleet is asked for only when some do not (or `model` is `None`). Those
+/// that serve `model` carry its facts (`model`) either way.
 pub fn backends_with_ids(ids: &[String], model: Option<&str>) -> Vec<Backend> {
+    let mut serving = Vec::new();
     if let Some(model) = model {
-        let serving: Vec<Backend> = backends_for(model)
+        serving = backends_for(model)
             .into_iter()
             .filter(|b| ids.contains(&b.id))
             .collect();
@@ -63,6 +65,10 @@ pub fn backends_with_ids(ids: &[String], model: Option<&str>) -> Vec<Backend> {
     all_backends()
         .into_iter()
         .filter(|b| ids.contains(&b.id))
+        .map(|b| match serving.iter().position(|s| s.id == b.id) {
+            Some(at) => serving.swap_remove(at),
+            None => b,
+        })
         .collect()
 }
 
@@ -161,6 +167,29 @@ impl JsonValue {
     }
 }
 
+impl BackendState {
+    /// Rank for ordering replicas: `up` and `half-open` 0, `open` and
+    /// `down` 1 (kept last, not dropped: the host may still try them when
+    /// all else fails). A half-open backend ranks with the up ones: it must
+    /// get its trial request, or its breaker would never close while other
+    /// replicas take the traffic; the host itself lets only the breaker's
+    /// `trials` through at once and sends the rest on down the list.
+    pub fn rank(self) -> u8 {
+        match self {
+            BackendState::Up | BackendState::HalfOpen => 0,
+            BackendState::Open | BackendState::Down => 1,
+        }
+    }
+}
+
+impl LoadedModel {
+    /// Whether Ollama put part of it in CPU memory (`size-vram` < `size`): it
+    /// runs, but much slower than fully in GPU memory.
+    pub fn offloaded(&self) -> bool {
+        self.size_vram < self.size
+    }
+}
+
 impl Backend {
     /// Whether `model` is loaded in the backend's memory right now.
     pub fn has_loaded(&self, model: &str) -> bool {
@@ -172,6 +201,32 @@ impl Backend {
     /// reload it (Ollama restarts a runner whose `num_ctx` differs).
     pub fn loaded_model(&self, model: &str) -> Option<&LoadedModel> {
         self.loaded.iter().find(|l| names::same(&l.name, model))
+    }
+
+    /// GPU memory the loaded models take (sum of their `size-vram`).
+    pub fn vram_used(&self) -> u64 {
+        self.loaded.iter().map(|l| l.size_vram).sum()
+    }
+
+    /// Declared GPU memory not taken by loaded models; `None` when the
+    /// operator declared no `vram`.
+    pub fn vram_free(&self) -> Option<u64> {
+        self.vram.map(|v| v.saturating_sub(self.vram_used()))
+    }
+
+    /// Requests for the asked model (`model` facts of `backends-for`) in
+    /// flight plus queued; 0 when the record carries no model facts.
+    pub fn model_load(&self) -> u32 {
+        self.model
+            .as_ref()
+            .map_or(0, |m| m.in_flight.saturating_add(m.queued))
+    }
+
+    /// Whether the asked model's per-model slots are all taken here (its
+    /// requests in flight reach `model-slots`), or all the backend's slots.
+    pub fn is_full(&self) -> bool {
+        let model_in_flight = self.model.as_ref().map_or(0, |m| m.in_flight);
+        model_in_flight >= self.model_slots.max(1) || self.in_flight >= self.slots.max(1)
     }
 }
 
@@ -187,6 +242,12 @@ impl Edits {
             remove_headers: Vec::new(),
             backends: None,
             principal: None,
+            priority: None,
+            first_byte_timeout_ms: None,
+            stream_idle_timeout_ms: None,
+            queue_timeout_ms: None,
+            failover: None,
+            every_backend: None,
         }
     }
 
@@ -246,6 +307,50 @@ impl Edits {
         self.principal = Some(name.into());
         self
     }
+
+    /// Queue priority while the request waits for a slot (higher first; 0
+    /// by default).
+    pub fn set_priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Longest wait for a backend's response head before llamagate moves on.
+    pub fn set_first_byte_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.first_byte_timeout_ms = Some(millis(timeout));
+        self
+    }
+
+    /// Longest gap between two parts of a streamed response.
+    pub fn set_stream_idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.stream_idle_timeout_ms = Some(millis(timeout));
+        self
+    }
+
+    /// Longest wait for a free slot before the client gets 429.
+    pub fn set_queue_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.queue_timeout_ms = Some(millis(timeout));
+        self
+    }
+
+    /// `false`: never move to the next backend of the route; `true`: the
+    /// host's failover rules (also what leaving it unset means).
+    pub fn set_failover(mut self, failover: bool) -> Self {
+        self.failover = Some(failover);
+        self
+    }
+
+    /// For a pull or a delete: send it to every backend of the route at
+    /// once (`true`), or to the first that can be reached (`false`, unset).
+    pub fn set_every_backend(mut self, every: bool) -> Self {
+        self.every_backend = Some(every);
+        self
+    }
+}
+
+/// Whole milliseconds of a duration, saturating.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Decision {
@@ -357,6 +462,8 @@ mod tests {
         assert_eq!(fleet_calls().all_backends, 0);
         // `d` does not serve it, `x` is no backend: the whole fleet is asked.
         let chosen = backends_with_ids(&route(&["d", "x", "a"]), Some("llama3.2"));
+        assert!(chosen[0].model.is_some(), "a serves it: its facts are kept");
+        assert!(chosen[1].model.is_none(), "d does not");
         assert_eq!(ids(chosen), ["a", "d"]);
         assert_eq!(fleet_calls().all_backends, 1);
         assert_eq!(ids(backends_with_ids(&route(&["b"]), None)), ["b"]);
@@ -383,6 +490,76 @@ mod tests {
         for e in [Endpoint::Show, Endpoint::Pull, Endpoint::Tags] {
             assert!(!request(e, "llama3.2").is_inference(), "{e:?}");
         }
+    }
+
+    #[test]
+    fn backends_for_carries_that_models_facts_all_backends_none() {
+        set_fleet([
+            backend("a", &["llama3.2", "mistral"])
+                .with_model_size("llama3.2", 2 << 30)
+                .with_model_requests("LLAMA3.2", 2, 3)
+                .with_model_requests("mistral", 1, 0),
+            backend("b", &["llama3.2"]),
+        ]);
+        let serving = backends_for("llama3.2:latest");
+        let a = serving[0].model.expect("facts of the asked model");
+        assert_eq!((a.size, a.in_flight, a.queued), (Some(2 << 30), 2, 3));
+        assert_eq!(serving[0].model_load(), 5);
+        assert_eq!((serving[0].in_flight, serving[0].queued), (3, 3));
+        let b = serving[1].model.unwrap();
+        assert_eq!((b.size, b.in_flight, b.queued), (None, 0, 0));
+        assert_eq!(
+            backends_for("mistral")[0].model.as_ref().unwrap().in_flight,
+            1
+        );
+        assert!(all_backends().iter().all(|b| b.model.is_none()));
+    }
+
+    #[test]
+    fn state_rank_offload_fullness_and_free_vram() {
+        use crate::BackendState;
+        let ranks: Vec<u8> = [
+            BackendState::Up,
+            BackendState::HalfOpen,
+            BackendState::Open,
+            BackendState::Down,
+        ]
+        .into_iter()
+        .map(BackendState::rank)
+        .collect();
+        assert_eq!(ranks, [0, 0, 1, 1]);
+        let b = backend("gpu", &["m"])
+            .with_vram(crate::testing::gib(24))
+            .with_loaded_sized("m", crate::testing::gib(10), crate::testing::gib(8));
+        assert!(b.loaded_model("m").unwrap().offloaded());
+        assert_eq!(b.vram_free(), Some(crate::testing::gib(16)));
+        assert_eq!(backend("x", &[]).vram_free(), None);
+        set_fleet([backend("a", &["m"])
+            .with_slots(8, 2)
+            .with_model_requests("m", 2, 0)]);
+        assert!(backends_for("m")[0].is_full(), "2 of 2 model slots");
+        set_fleet([backend("a", &["m"])
+            .with_slots(8, 2)
+            .with_model_requests("m", 1, 4)]);
+        assert!(!backends_for("m")[0].is_full());
+    }
+
+    #[test]
+    fn edits_ask_the_host_to_enforce() {
+        use std::time::Duration;
+        let e = crate::Edits::none()
+            .set_priority(-3)
+            .set_first_byte_timeout(Duration::from_secs(20 * 60))
+            .set_stream_idle_timeout(Duration::from_millis(1500))
+            .set_queue_timeout(Duration::from_secs(5))
+            .set_failover(false);
+        assert_eq!(e.priority, Some(-3));
+        assert_eq!(e.first_byte_timeout_ms, Some(1_200_000));
+        assert_eq!(e.stream_idle_timeout_ms, Some(1500));
+        assert_eq!(e.queue_timeout_ms, Some(5000));
+        assert_eq!(e.failover, Some(false));
+        let none = crate::Edits::none();
+        assert_eq!((none.priority, none.failover), (None, None));
     }
 
     #[test]

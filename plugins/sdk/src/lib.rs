@@ -4,10 +4,10 @@
 //! - [`keys`] (the `keys` feature, on by default): a table of bearer tokens kept as
 //!   SHA-256 digests (`"sha256:<hex>"` in the config) and looked up in constant time.
 //! - With the `guest` feature (on by default): the types of the
-//!   `llamagate:policy@0.2.0` WIT world with helpers, the [`Policy`] trait a
+//!   `llamagate:policy@0.3.0` WIT world with helpers, the [`Policy`] trait a
 //!   plugin implements, the host calls ([`backends_for`], [`all_backends`],
 //!   [`request_body`], [`log`]) and the [`export!`] macro it calls once. See
-//!   `wit/v0.2.0/policy.wit` for each item's meaning.
+//!   `wit/v0.3.0/policy.wit` for each item's meaning.
 //!
 //! `on_request` gets the request only; a plugin that places requests asks for
 //! the backends it needs: [`backends_for`] a model (usually), [`all_backends`]
@@ -75,9 +75,9 @@ pub mod keys;
 #[cfg(feature = "guest")]
 #[allow(missing_docs, unsafe_code, clippy::all)]
 pub mod bindings {
-    //! Generated from `wit/v0.2.0/policy.wit`. See that file for the documentation of each item.
+    //! Generated from `wit/v0.3.0/policy.wit`. See that file for the documentation of each item.
     wit_bindgen::generate!({
-        path: "../../wit/v0.2.0",
+        path: "../../wit/v0.3.0",
         world: "policy-plugin",
         pub_export_macro: true,
         export_macro_name: "export",
@@ -96,7 +96,7 @@ pub mod testing;
 ///
 /// For `wasm32` it writes the component's exports. On other targets (native
 /// `cargo test` of a `cdylib` + `rlib` plugin crate) it only names the type: the
-/// component's export names (`llamagate:policy/policy@0.2.0#init`) cannot be
+/// component's export names (`llamagate:policy/policy@0.3.0#init`) cannot be
 /// symbols of a native shared library, whose linker would refuse them.
 #[cfg(feature = "guest")]
 #[macro_export]
