@@ -20,6 +20,7 @@ mod fanout;
 mod fleet_figures;
 mod flood;
 mod health;
+mod hot;
 mod layering;
 mod listings;
 mod management;
