@@ -116,7 +116,6 @@ async fn hot_models_are_preloaded_kept_on_replicas_and_restored_after_a_restart(
         // (on it, or on the backend that lacks it).
         let victim = holders[0];
         let addr = sims[victim].addr();
-        let [b1, b2, b3] = [b1, b2, b3];
         let mut all = [Some(b1), Some(b2), Some(b3)];
         all[victim].take().unwrap().shutdown();
         let restarted = sim::spawn_at(
