@@ -469,7 +469,7 @@ impl Fleet {
                 .backends
                 .get(&backend.id)
                 .copied()
-                .unwrap_or_default();
+                .unwrap_or(settings.default_backend);
             *backend.settings.write().unwrap() = own;
             admission.configure(
                 &backend.id,
@@ -663,6 +663,37 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backends_without_their_own_slots_take_the_fleet_default() {
+        let own = BackendSettings {
+            parallel: 2,
+            slots: 5,
+            vram: Some(1),
+        };
+        let settings = FleetSettings {
+            backends: [("a".to_string(), own)].into(),
+            default_backend: BackendSettings {
+                parallel: 64,
+                slots: 192,
+                vram: None,
+            },
+            ..FleetSettings::default()
+        };
+        let fleet = Fleet::new(
+            &[
+                ("a".into(), "http://h:1".into()),
+                ("b".into(), "http://h:2".into()),
+            ],
+            &settings,
+            None,
+        )
+        .unwrap();
+        assert_eq!(fleet.get("a").unwrap().settings(), own);
+        assert_eq!(fleet.get("b").unwrap().settings().parallel, 64);
+        let load = fleet.admission().backend_load("b").unwrap();
+        assert_eq!((load.parallel, load.slots), (64, 192));
+    }
 
     #[test]
     fn expiry_times_are_read_with_their_offset() {
