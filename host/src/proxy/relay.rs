@@ -65,7 +65,9 @@ pub struct Relay {
     idle_for: Duration,
     /// When the last frame came (the idle timer is moved lazily, when it fires).
     last_frame: Instant,
-    idle: Pin<Box<tokio::time::Sleep>>,
+    /// Made the first time the backend makes the relay wait: most answers
+    /// that are not streams never need one.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Held until the relay ends: the in-flight count and the slot.
     _held: (InFlight, Option<Permit>),
 }
@@ -89,7 +91,7 @@ impl Relay {
             finished: false,
             idle_for,
             last_frame: now,
-            idle: Box::pin(tokio::time::sleep_until((now + idle_for).into())),
+            idle: None,
             _held: held,
         }
     }
@@ -97,15 +99,19 @@ impl Relay {
     /// Whether the backend has been silent for longer than allowed; moves the
     /// timer to the real deadline when a frame came since it was set.
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.last_frame + self.idle_for;
+        let idle = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
         loop {
-            if self.idle.as_mut().poll(cx).is_pending() {
+            if idle.as_mut().poll(cx).is_pending() {
                 return false;
             }
             let deadline = self.last_frame + self.idle_for;
             if Instant::now() >= deadline {
                 return true;
             }
-            self.idle.as_mut().reset(deadline.into());
+            idle.as_mut().reset(deadline.into());
         }
     }
 
