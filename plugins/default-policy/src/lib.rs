@@ -286,7 +286,7 @@ mod guest {
         }
 
         #[test]
-        fn unmapped_models_go_warm_and_free_first_then_in_fleet_order() {
+        fn unmapped_models_go_warm_and_free_first_then_least_busy_then_in_fleet_order() {
             set_fleet([
                 backend("a", &["llama3.2"]).with_in_flight(2),
                 backend("b", &["llama3.2"]).unhealthy(),
@@ -301,7 +301,7 @@ mod guest {
             let c = config("{}");
             assert_eq!(
                 routed(&c, &chat("LLAMA3.2")).unwrap(),
-                ["f", "a", "c", "e", "b"]
+                ["f", "e", "a", "c", "b"]
             );
             // One host call, and only the backends that serve the model.
             assert_eq!(fleet_calls().backends_for, 1);
@@ -313,7 +313,7 @@ mod guest {
         fn mapped_models_go_to_their_map_entry_in_its_order_served_yet_or_not() {
             set_fleet([
                 backend("a", &["llama3.2"]),
-                backend("b", &[]).with_in_flight(1),
+                backend("b", &[]),
                 backend("c", &["llama3.2"]),
             ]);
             let c = config(r#"{"models":{"llama3.2":["c","a"],"mistral":["b","a"]}}"#);

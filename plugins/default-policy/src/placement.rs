@@ -17,7 +17,8 @@
 //! - `warm-first` (the default): the model loaded (with a context the request
 //!   can use) and not full, fully in GPU memory before partly offloaded to
 //!   the CPU; then backends where the model fits in the declared `vram`
-//!   without evicting a loaded model ([`needed_vram`]); then any.
+//!   without evicting a loaded model ([`needed_vram`]); then any. Within each
+//!   of these tiers, as `least-busy`.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -156,13 +157,21 @@ impl Placement<'_> {
     fn compare(&self, a: &Backend, b: &Backend) -> Ordering {
         match self.strategy {
             Strategy::Priority | Strategy::RoundRobin => Ordering::Equal,
-            Strategy::WarmFirst => self.warm_tier(a).cmp(&self.warm_tier(b)),
-            Strategy::LeastBusy => {
-                let (am, at) = self.busy(a);
-                let (bm, bt) = self.busy(b);
-                am.total_cmp(&bm).then(at.total_cmp(&bt))
-            }
+            // Within a tier, occupancy: equally warm replicas share the load
+            // instead of the first taking everything until it is full.
+            Strategy::WarmFirst => self
+                .warm_tier(a)
+                .cmp(&self.warm_tier(b))
+                .then_with(|| self.busier(a, b)),
+            Strategy::LeastBusy => self.busier(a, b),
         }
+    }
+
+    /// `least-busy`'s order of two backends (ties: equal).
+    fn busier(&self, a: &Backend, b: &Backend) -> Ordering {
+        let (am, at) = self.busy(a);
+        let (bm, bt) = self.busy(b);
+        am.total_cmp(&bm).then(at.total_cmp(&bt))
     }
 
     /// `least-busy`'s scores: the model's requests per model slot, the
@@ -265,6 +274,24 @@ mod tests {
             assert_eq!(first, ["half", "up"], "{strategy:?}: {order:?}");
             assert_eq!(order[2..], ["down", "open"], "{strategy:?}");
         }
+    }
+
+    #[test]
+    fn warm_replicas_share_the_load() {
+        let none = BTreeMap::new();
+        let p = placement(Strategy::WarmFirst, &none);
+        let list = records(vec![
+            backend("busy", &["m"])
+                .with_loaded("m", 4096)
+                .with_slots(12, 4)
+                .with_model_requests("m", 3, 0),
+            backend("idle", &["m"])
+                .with_loaded("m", 4096)
+                .with_slots(12, 4),
+            backend("cold", &["m"]),
+        ]);
+        // Both warm and not full: the idle one first, although listed second.
+        assert_eq!(ids(p.order(list)), ["idle", "busy", "cold"]);
     }
 
     #[test]
