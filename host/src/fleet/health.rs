@@ -185,7 +185,10 @@ impl Tracker {
                         until: now + config.open_for,
                         open_for: config.open_for,
                     };
-                    state.reason = Some(reason);
+                    if state.probed_up {
+                        // A down backend's reason is why it is down.
+                        state.reason = Some(reason);
+                    }
                 }
             }
             Breaker::HalfOpen { open_for, .. } if pass == Pass::Trial => {
@@ -195,7 +198,9 @@ impl Tracker {
                     until: now + open_for,
                     open_for,
                 };
-                state.reason = Some(reason);
+                if state.probed_up {
+                    state.reason = Some(reason);
+                }
             }
             // Late news of requests sent before the breaker opened.
             Breaker::HalfOpen { .. } | Breaker::Open { .. } => {}
@@ -336,6 +341,19 @@ mod tests {
         t.succeeded("b", trial);
         assert_eq!(t.health(), Health::Up);
         assert_eq!(t.reason(), None);
+    }
+
+    #[test]
+    fn a_down_backend_keeps_the_reason_it_is_down() {
+        let t = tracker(HealthConfig {
+            failures: 1,
+            ..config()
+        });
+        t.failed("b", &refused(), Pass::Normal);
+        // Late news of a stream that broke when it went down.
+        t.failed("b", &busy(), Pass::Normal);
+        assert_eq!(t.health(), Health::Down);
+        assert!(t.reason().unwrap().contains("refused"), "{:?}", t.reason());
     }
 
     #[test]

@@ -25,13 +25,14 @@
 //!   `... served by <id>`), the time from the restart until `b2` served a
 //!   request again, `b2`'s state on status over time, and the requests that
 //!   failed over before their first byte (llamagate's debug log,
-//!   `failed_attempts`). Run three times: as configured; with `[[hot]]`
-//!   llama3.2 on 3 replicas (the restarted replica gets the model loaded
-//!   again; without it the default policy, which prefers replicas with the
-//!   model loaded, need not send it anything while the others have free
-//!   slots); and with `[breaker] failures = 1000`, so that requests reach the
-//!   dead replica and only failover saves them (with the default breaker the
-//!   streams the kill cuts open it at once).
+//!   `failed_attempts`). Run three times: with `strategy = "least-busy"`;
+//!   with the default `warm-first` and `[[hot]]` llama3.2 on 3 replicas (the
+//!   restarted replica gets the model loaded again; without it warm-first,
+//!   which prefers replicas with the model loaded, need not send it anything
+//!   while the others have free slots); and least-busy with `[breaker]
+//!   failures = 1000`, so that requests reach the dead replica and only
+//!   failover saves them (with the default breaker the streams the kill cuts
+//!   open it at once).
 //! - [`busy_backend`]: two in-process replicas, `b1` answering Ollama's 503
 //!   "server busy" at once while its probes pass; 16 clients for 10 s of whole
 //!   `/api/chat`. Figures: the fraction of client requests that failed (goal 0)
@@ -429,8 +430,9 @@ struct KillRun {
 
 /// Three replicas in separate processes, `b2` killed with SIGKILL at 5 s and
 /// restarted on its port at 12 s, under 16 clients for 20 s; `variant` names
-/// the run and `tables` adds to the config (`[[hot]]`, `[breaker]`).
-async fn kill_run(variant: &str, tables: &str) -> KillRun {
+/// the run, `policy` adds to `[policy]` (`strategy`) and `tables` to the
+/// config (`[[hot]]`, `[breaker]`).
+async fn kill_run(variant: &str, policy: &str, tables: &str) -> KillRun {
     let sims: Vec<SimProcess> = (0..3).map(|_| SimProcess::start("127.0.0.1:0")).collect();
     let mut sims: BTreeMap<&str, SimProcess> = ["b1", "b2", "b3"].into_iter().zip(sims).collect();
     let b2_addr = sims["b2"].addr.clone();
@@ -445,7 +447,7 @@ async fn kill_run(variant: &str, tables: &str) -> KillRun {
     let config = toml(
         "explain = true\nprobe_interval = \"10s\"",
         &conns,
-        r#"models = { "llama3.2" = ["b1", "b2", "b3"] }"#,
+        &format!("models = {{ \"llama3.2\" = [\"b1\", \"b2\", \"b3\"] }}\n{policy}"),
         &format!("[health]\ndown_probe_interval = \"1s\"\n{tables}"),
     );
     // At debug level, llamagate logs every request with its failed attempts.
@@ -808,14 +810,17 @@ async fn kill_run(variant: &str, tables: &str) -> KillRun {
 #[ignore = "measurement: run by hand, see the module doc"]
 async fn kill_and_restart() {
     bounded(200, async {
-        let plain = kill_run("no [[hot]], default [breaker]", "").await;
+        let least_busy = "strategy = \"least-busy\"";
+        let plain = kill_run("least-busy, no [[hot]], default [breaker]", least_busy, "").await;
         let hot = kill_run(
-            "[[hot]] llama3.2 on 3 replicas",
+            "warm-first (default), [[hot]] llama3.2 on 3 replicas",
+            "",
             "[[hot]]\nmodel = \"llama3.2\"\nreplicas = 3\nkeep_alive = \"30m\"",
         )
         .await;
         let no_breaker = kill_run(
-            "no [[hot]], [breaker] failures = 1000",
+            "least-busy, no [[hot]], [breaker] failures = 1000",
+            least_busy,
             "[breaker]\nfailures = 1000",
         )
         .await;
@@ -838,12 +843,16 @@ async fn kill_and_restart() {
                 "{name}: a cut stream ended without the error frame"
             );
         }
-        // Without [[hot]] the restarted b2 has the model unloaded while b1
-        // and b3 have it loaded and free slots: the default policy (loaded
-        // first) need not send it anything. With [[hot]] it loads it again.
+        // warm-first alone would keep a restarted, cold b2 idle while b1 and
+        // b3 are warm with free slots (that is what it is for); [[hot]] loads
+        // the model there again, and least-busy sends it work regardless.
         assert!(
             hot.b2_again,
             "[[hot]]: b2 never served a request after its restart"
+        );
+        assert!(
+            plain.b2_again,
+            "least-busy: b2 never served a request after its restart"
         );
     })
     .await;
