@@ -84,7 +84,11 @@ async fn hot_models_are_preloaded_kept_on_replicas_and_restored_after_a_restart(
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert_eq!(qwen.len(), 1, "replicas = 1 for qwen2.5: {qwen:?}");
-        let first = &loads(sims[holders[0]])[0];
+        let llama: Vec<Value> = loads(sims[holders[0]])
+            .into_iter()
+            .filter(|l| l["model"] == "llama3.2")
+            .collect();
+        let first = &llama[0];
         assert_eq!(first["model"], "llama3.2");
         assert_eq!(first["keep_alive"], 3600);
         let q: Vec<Value> = loads(sims[qwen[0]])
