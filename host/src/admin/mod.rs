@@ -1,5 +1,7 @@
-//! The operator's side: the status endpoint and reloads. Both read or swap
+//! The operator's side: the admin endpoint (health, metrics, status), the
+//! status document and reloads. Both read or swap
 //! the [`crate::proxy::state::Gateway`]; the data path never depends on them.
 
+pub mod endpoint;
 pub mod reload;
 pub mod status;

@@ -103,6 +103,14 @@ impl Reloader {
         };
         let ok = report.ok;
         *self.gateway.last_reload.lock().unwrap() = Some(report);
+        let outcome = if ok { "ok" } else { "failed" };
+        self.gateway
+            .metrics
+            .reloads
+            .get_or_create(&crate::proxy::metrics::OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
         ok
     }
 

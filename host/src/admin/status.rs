@@ -44,18 +44,20 @@ pub fn access(key: Option<&AdminKey>, client: SocketAddr, headers: &HeaderMap) -
     match key {
         None if client.ip().to_canonical().is_loopback() => Access::Allowed,
         None => Access::Hidden,
-        Some(key) => {
-            let presented = headers
-                .get_all(header::AUTHORIZATION)
-                .iter()
-                .filter_map(|v| bearer(v.as_bytes()))
-                .any(|token| key.matches(token));
-            match presented {
-                true => Access::Allowed,
-                false => Access::Unauthorized,
-            }
-        }
+        Some(key) => match presents(key, headers) {
+            true => Access::Allowed,
+            false => Access::Unauthorized,
+        },
     }
+}
+
+/// Whether `headers` carry `Authorization: Bearer KEY` for `key`.
+pub fn presents(key: &AdminKey, headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| bearer(v.as_bytes()))
+        .any(|token| key.matches(token))
 }
 
 /// The token of `Bearer TOKEN` (scheme case-insensitive, RFC 9110 §11.1).

@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Add an `x-llamagate-decision` header explaining each decision to responses.
     #[arg(long)]
     pub explain: bool,
+    /// Address of the admin endpoint (/livez, /readyz, /metrics, status) or
+    /// `off` [default: 127.0.0.1:11435]. Env: LLAMAGATE_ADMIN_LISTEN.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_listen: Option<String>,
     /// Requests at once per model on each backend not given its own
     /// `parallel` (the backends' OLLAMA_NUM_PARALLEL; default 1). Env: LLAMAGATE_PARALLEL.
     #[arg(long, value_name = "N")]
@@ -222,6 +226,10 @@ impl ServeArgs {
             plugins: self.plugin.clone(),
             no_default_policy: self.no_default_policy,
             explain: self.explain,
+            admin_listen: self
+                .admin_listen
+                .clone()
+                .or_else(|| env(&["LLAMAGATE_ADMIN_LISTEN"])),
             parallel: match self.parallel {
                 Some(n) => Some(n),
                 None => env(&["LLAMAGATE_PARALLEL"])

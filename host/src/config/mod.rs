@@ -24,6 +24,9 @@ use crate::plugin::Limits;
 /// The environment variable that sets the admin key (it wins over the file).
 pub const ADMIN_KEY_ENV: &str = "LLAMAGATE_ADMIN_KEY";
 
+/// The admin endpoint's default port (on 127.0.0.1).
+pub const DEFAULT_ADMIN_PORT: u16 = 11435;
+
 /// The name under which the embedded default policy is referred to.
 pub const BUILTIN_DEFAULT_POLICY: &str = "builtin:default-policy";
 
@@ -32,6 +35,11 @@ pub const BUILTIN_DEFAULT_POLICY: &str = "builtin:default-policy";
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the admin endpoint (health, metrics, status); `None`: off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Whether `admin_listen` was given (a default address that is taken is
+    /// only warned about; a given one that is taken stops start-up).
+    pub admin_listen_given: bool,
     /// Largest request body read into memory, in bytes.
     pub max_body_size: usize,
     /// Limits on the policy view: keys in `options`, bytes in all.
@@ -129,6 +137,8 @@ impl PluginSource {
 pub struct FileConfig {
     /// `listen`
     pub listen: Option<String>,
+    /// `admin_listen`: the admin endpoint's address, or `"off"`.
+    pub admin_listen: Option<String>,
     /// `max_body_size`
     pub max_body_size: Option<Size>,
     /// `max_options`: most keys a body's `options` may have.
@@ -263,6 +273,8 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     /// `--listen`
     pub listen: Option<String>,
+    /// `--admin-listen`
+    pub admin_listen: Option<String>,
     /// `--proxy model=dest` and `--proxies`
     pub proxies: Vec<(String, String)>,
     /// `--connection id=url` and `--connections`
@@ -326,6 +338,13 @@ impl Config {
             .or(file.listen)
             .unwrap_or_else(|| "0.0.0.0:11434".into());
         let listen = parse_listen(&listen_text)?;
+        let admin_text = overrides.admin_listen.clone().or(file.admin_listen);
+        let admin_listen_given = admin_text.is_some();
+        let admin_listen = match admin_text.as_deref().map(str::trim) {
+            Some("off" | "") => None,
+            Some(text) => Some(parse_listen(text).context("admin_listen")?),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
+        };
 
         let mut connections: Vec<(String, String)> = Vec::new();
         let mut backend_settings = std::collections::BTreeMap::new();
@@ -435,6 +454,8 @@ impl Config {
         };
         Ok(Config {
             listen,
+            admin_listen,
+            admin_listen_given,
             max_body_size: match file.max_body_size {
                 Some(s) => s.bytes("max_body_size")?,
                 None => 256 << 20,

@@ -512,6 +512,14 @@ impl Fleet {
         self.backends.iter().find(|b| b.id == id)
     }
 
+    /// Whether some backend lists `model` (by Ollama's name rules).
+    pub fn lists(&self, model: &str) -> bool {
+        let key = names::key(model);
+        self.backends
+            .iter()
+            .any(|b| b.seen.read().unwrap().keys.contains(&key))
+    }
+
     /// Snapshot for plugins: every backend, with its model list.
     pub fn views(&self) -> Vec<Backend> {
         self.backends

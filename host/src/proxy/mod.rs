@@ -13,6 +13,7 @@
 //! - [`model_change`]: a pull, create, copy or delete learned at once.
 //! - [`fleetwide`]: a pull or delete sent to every backend chosen for it.
 //! - [`body_pace`]: the pace a request body must keep.
+//! - [`metrics`]: Prometheus metrics, counted as requests finish.
 //! - [`record`]: requests written to a file for `llamagate plugin replay`.
 
 pub mod body_pace;
@@ -20,6 +21,7 @@ pub mod fanout;
 pub mod fleetwide;
 pub mod generation;
 pub mod listing_cache;
+pub mod metrics;
 pub mod model_change;
 pub mod pipeline;
 pub mod record;
@@ -27,3 +29,4 @@ pub mod relay;
 pub mod rename;
 pub mod shadow;
 pub mod state;
+pub mod tokens;

@@ -45,10 +45,14 @@ use crate::plugin::{Facts, Header};
 use crate::policy::{Outcome, Plan};
 use crate::proxy::body_pace::{paced, BodyDeadline, BodyTimeout};
 use crate::proxy::generation::Generation;
+use crate::proxy::metrics::{
+    status_class, Metrics, RequestLabels, RouteLabels, TokenLabels, TokenType,
+};
 use crate::proxy::model_change;
 use crate::proxy::relay::{Framing, Relay};
 use crate::proxy::shadow::ShadowInput;
 use crate::proxy::state::Gateway;
+use crate::proxy::tokens::Counter;
 use crate::upstream::{Attempts, BackendError, Failure};
 use crate::{RequestBody, ResponseBody};
 
@@ -66,7 +70,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(err) => err.into_response(record.style),
     };
-    finish(record, response)
+    finish(record, response, &gateway.metrics)
 }
 
 async fn serve(
@@ -106,6 +110,11 @@ async fn serve(
         return Ok(explained(response, trace, None));
     }
     record.model_served = plan.request.model.clone();
+    record.model_label = match plan.request.model.as_deref() {
+        Some(m) if generation.fleet.lists(m) => llamagate_sdk::names::display(m),
+        Some(_) => "other".into(),
+        None => String::new(),
+    };
     record.principal = plan.principal.clone();
     let candidates = admit(&generation.fleet, &plan, read.classified.endpoint)?;
     let read_row = read.classified.row;
@@ -921,6 +930,9 @@ pub struct Record {
     pub backend: Option<String>,
     /// Backends tried that failed, in order.
     pub attempts: Attempts,
+    /// The model as a metric label: the model served when some backend
+    /// lists it, `other` when none does, empty for no model.
+    pub model_label: String,
 }
 
 impl Record {
@@ -935,20 +947,33 @@ impl Record {
             principal: None,
             backend: None,
             attempts: Attempts::default(),
+            model_label: String::new(),
         }
     }
 }
 
 /// Phase 7: the outcome, recorded once per request when its response has
-/// ended, whole or cut short (the client went away): what was asked and
-/// served, the status, the time to the response head and in all, and the
-/// bytes relayed. Today that is one log line at `debug` (and costs nothing
-/// when `debug` is off); it is where metrics and token counts hook in.
-pub fn finish(record: Record, response: Response<ResponseBody>) -> Response<ResponseBody> {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        return response;
-    }
+/// ended, whole or cut short (the client went away): counted in the
+/// [`Metrics`] (requests, durations, time to the head and to the first token,
+/// tokens from the answer's last frame or usage chunk, cut answers), and
+/// written as one log line at `debug` (what was asked and served, the status,
+/// the times, the bytes relayed).
+pub fn finish(
+    record: Record,
+    response: Response<ResponseBody>,
+    metrics: &Arc<Metrics>,
+) -> Response<ResponseBody> {
     let (parts, body) = response.into_parts();
+    let counter = match record.endpoint.map(crate::api::endpoint::Row::of) {
+        Some(row) if row.work() == crate::api::endpoint::Work::Inference => {
+            let json = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            Some(Counter::new(Framing::of(&parts.headers), json))
+        }
+        _ => None,
+    };
     let finishing = Finishing {
         body,
         status: parts.status.as_u16(),
@@ -956,6 +981,8 @@ pub fn finish(record: Record, response: Response<ResponseBody>) -> Response<Resp
         record: Some(record),
         bytes: 0,
         ended: false,
+        counter,
+        metrics: metrics.clone(),
     };
     Response::from_parts(parts, finishing.boxed_unsync())
 }
@@ -969,6 +996,9 @@ struct Finishing {
     head: Duration,
     bytes: u64,
     ended: bool,
+    /// Reads token counts from the answer as it passes (inference only).
+    counter: Option<Counter>,
+    metrics: Arc<Metrics>,
 }
 
 impl Finishing {
@@ -976,6 +1006,64 @@ impl Finishing {
         let Some(record) = self.record.take() else {
             return;
         };
+        let complete = self.ended || http_body::Body::is_end_stream(&self.body);
+        let total = record.started.elapsed();
+        let endpoint = endpoint_name(record.endpoint.unwrap_or(Endpoint::Other));
+        let route = RouteLabels {
+            endpoint: endpoint.clone(),
+            model: record.model_label.clone(),
+        };
+        let m = &self.metrics;
+        m.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                model: record.model_label.clone(),
+                backend: record.backend.clone().unwrap_or_default(),
+                status: status_class(self.status).to_string(),
+            })
+            .inc();
+        m.duration
+            .get_or_create(&route)
+            .observe(total.as_secs_f64());
+        m.first_byte
+            .get_or_create(&route)
+            .observe(self.head.as_secs_f64());
+        if !complete {
+            m.cut.get_or_create(&route).inc();
+        }
+        let usage = self.counter.as_mut().map(Counter::finish);
+        if let Some(usage) = &usage {
+            if let Some(at) = usage.first_token_at {
+                let ttft = at.saturating_duration_since(record.started);
+                m.first_token
+                    .get_or_create(&route)
+                    .observe(ttft.as_secs_f64());
+                if let Some(out) = usage.completion_tokens.filter(|n| *n > 0) {
+                    let generating = total.saturating_sub(ttft).as_secs_f64();
+                    if generating > 0.0 {
+                        m.tokens_per_second
+                            .get_or_create(&route)
+                            .observe(out as f64 / generating);
+                    }
+                }
+            }
+            for (kind, n) in [
+                (TokenType::Input, usage.prompt_tokens),
+                (TokenType::Output, usage.completion_tokens),
+            ] {
+                if let Some(n) = n {
+                    let labels = TokenLabels {
+                        gen_ai_request_model: record.model_label.clone(),
+                        gen_ai_token_type: kind,
+                    };
+                    m.tokens.get_or_create(&labels).inc_by(n);
+                    m.token_usage.get_or_create(&labels).observe(n as f64);
+                }
+            }
+        }
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
         tracing::debug!(
             method = %record.method,
             endpoint = ?record.endpoint.unwrap_or(Endpoint::Other),
@@ -986,12 +1074,33 @@ impl Finishing {
             failed_attempts = record.attempts.0.len(),
             status = self.status,
             head_us = self.head.as_micros() as u64,
-            total_us = record.started.elapsed().as_micros() as u64,
+            total_us = total.as_micros() as u64,
             bytes = self.bytes,
-            complete = self.ended || http_body::Body::is_end_stream(&self.body),
+            prompt_tokens = usage.as_ref().and_then(|u| u.prompt_tokens),
+            completion_tokens = usage.as_ref().and_then(|u| u.completion_tokens),
+            complete,
             "request"
         );
     }
+}
+
+/// The endpoint as a metric label: `chat`, `openai_chat`, `other`.
+fn endpoint_name(endpoint: Endpoint) -> String {
+    let debug = format!("{endpoint:?}");
+    // The generated type's Debug may carry its path (`Endpoint::Chat`).
+    let name = debug.rsplit("::").next().unwrap_or(&debug);
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl http_body::Body for Finishing {
@@ -1007,6 +1116,9 @@ impl http_body::Body for Finishing {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
+                    if let Some(counter) = self.counter.as_mut() {
+                        counter.observe(data);
+                    }
                 }
             }
             std::task::Poll::Ready(None) => {

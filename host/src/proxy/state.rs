@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::proxy::generation::Generation;
+use crate::proxy::metrics::Metrics;
 use crate::proxy::record::Recorder;
 use crate::proxy::shadow::Shadow;
 use crate::upstream::Upstream;
@@ -38,6 +39,8 @@ pub struct Gateway {
     pub last_reload: Mutex<Option<ReloadReport>>,
     /// Where requests are recorded (`--record`), if anywhere.
     pub recorder: Option<Recorder>,
+    /// The metrics (kept across reloads).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Gateway {
@@ -50,6 +53,7 @@ impl Gateway {
             shadow: Shadow::default(),
             last_reload: Mutex::new(None),
             recorder,
+            metrics: Arc::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Starting llamagate: build the first generation, start probes, reloads and
 //! the accept loop.
 
+pub mod admin;
 pub mod client_limits;
 
 use std::future::Future;
@@ -84,6 +85,30 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> anyhow::
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
+    // Bound before llamagate says it listens: a given admin address that is
+    // taken stops start-up before anything is announced.
+    let admin = match config.admin_listen {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(admin) => {
+                tracing::info!(
+                    admin_address = %admin.local_addr()?,
+                    "admin endpoint is listening (/livez /readyz /metrics /llamagate/status)"
+                );
+                Some(admin)
+            }
+            // A default address that is taken (a second llamagate on the
+            // host) costs the admin endpoint, not the gateway.
+            Err(e) if !config.admin_listen_given => {
+                tracing::warn!(
+                    admin_address = %addr,
+                    "admin endpoint not started: {e}; set admin_listen (or \"off\")"
+                );
+                None
+            }
+            Err(e) => return Err(e).with_context(|| format!("admin_listen: listening on {addr}")),
+        },
+    };
     tracing::info!(
         address = %listener.local_addr()?,
         backends = config.connections.len(),
@@ -95,6 +120,9 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::info!(backend = %id, %url, "backend");
     }
     tokio::spawn(probe_loop(gateway.clone(), upstream));
+    if let Some(admin) = admin {
+        tokio::spawn(admin::serve(admin, gateway.clone()));
+    }
     serve(
         listener,
         gateway,

@@ -141,6 +141,12 @@ impl Proxy {
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .args(["--listen", "127.0.0.1:0", "--level", level])
+            // Tests run side by side: each admin endpoint on a port of its own.
+            .args(if args.contains(&"--admin-listen") {
+                &[][..]
+            } else {
+                &["--admin-listen", "127.0.0.1:0"][..]
+            })
             .env_remove("LLAMAGATE_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -176,6 +182,27 @@ impl Proxy {
                 std::thread::sleep(Duration::from_millis(100));
                 Err(logs.lock().unwrap().join("\n"))
             }
+        }
+    }
+
+    /// `http://ADDR` of the admin endpoint (from its start-up line).
+    pub fn admin_url(&self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.logs.lock().unwrap().iter().find_map(|line| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix("admin_address="))
+                    .map(|a| format!("http://{a}"))
+            });
+            if let Some(url) = found {
+                return url;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no admin endpoint in the log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -4,6 +4,7 @@
 mod common;
 mod faults;
 
+mod admin;
 mod admission;
 mod aliases;
 mod backends;

@@ -1,0 +1,159 @@
+//! The admin endpoint on its own address: liveness, readiness, metrics
+//! (with token counts read from the answers as they pass) and status, and
+//! the admin key in front of metrics and status.
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::json;
+
+use crate::common::*;
+
+/// The value of the sample `name{labels...}` whose labels include all of `with`.
+fn sample(metrics: &str, name: &str, with: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| with.iter().all(|w| l.contains(w)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .reduce(|a, b| a + b)
+}
+
+#[tokio::test]
+async fn health_metrics_and_status_are_on_the_admin_address() {
+    let sim = backend(&["llama3.2"]).await;
+    let route = format!("llama3.2={}", sim.url());
+    let proxy = Proxy::start(&["--proxy", &route, "--alias", "gpt-4o=llama3.2"]);
+    let admin = proxy.admin_url();
+    assert_ne!(admin, proxy.url);
+    let r = get(&format!("{admin}/livez")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let r = get(&format!("{admin}/readyz")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["ready"], true);
+    let r = get(&format!("{admin}/llamagate/status")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["backends"][0]["state"], "up");
+
+    // Traffic of both APIs, streamed and not; an alias and a model nobody has.
+    let chat = json!({"model":"llama3.2","messages":[{"role":"user","content":"hi"}]});
+    for body in [
+        chat.clone(),
+        json!({"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"stream":false}),
+    ] {
+        let r = post(&format!("{}/api/chat", proxy.url), &body).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = post(
+        &format!("{}/api/chat", proxy.url),
+        &json!({"model":"made-up-by-a-client","messages":[]}),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+
+    let r = get(&format!("{admin}/metrics")).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/openmetrics-text")));
+    let m = r.text();
+    assert_eq!(
+        sample(
+            &m,
+            "llamagate_requests_total",
+            &[
+                "endpoint=\"chat\"",
+                "model=\"llama3.2:latest\"",
+                "status=\"2xx\""
+            ]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    // The alias and the unknown model are not labels.
+    assert!(!m.contains("gpt-4o") && !m.contains("made-up"), "{m}");
+    assert_eq!(
+        sample(&m, "llamagate_requests_total", &["status=\"4xx\""]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "llamagate_time_to_first_byte_seconds_count",
+            &["endpoint=\"chat\""]
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "llamagate_backend_state", &["state=\"up\""]),
+        Some(1.0),
+        "{m}"
+    );
+    // The traffic port does not serve metrics: it is an Ollama path like any other.
+    let r = get(&format!("{}/metrics", proxy.url)).await;
+    assert_ne!(r.status, 200);
+    assert!(!r.text().contains("llamagate_requests_total"));
+}
+
+#[tokio::test]
+async fn readiness_fails_while_no_backend_is_up() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let route = format!("llama3.2=http://{dead}");
+    let proxy = Proxy::start(&["--proxy", &route]);
+    let admin = proxy.admin_url();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&format!("{admin}/readyz")).await;
+        if r.status == 503 {
+            assert_eq!(r.json()["ready"], false, "{}", r.text());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Alive all the same.
+    assert_eq!(get(&format!("{admin}/livez")).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_admin_key_guards_metrics_and_status_but_not_health() {
+    let sim = backend(&["llama3.2"]).await;
+    let config = format!(
+        "admin_key = \"s3cret-admin\"\n[connections]\na = \"{}\"\n",
+        sim.url()
+    );
+    let proxy = Proxy::with_config(&config, &[]);
+    let admin = proxy.admin_url();
+    for path in ["/metrics", "/llamagate/status"] {
+        let r = get(&format!("{admin}{path}")).await;
+        assert_eq!(r.status, 401, "{path}");
+        let r = send(
+            Method::GET,
+            &format!("{admin}{path}"),
+            &[("authorization", "Bearer s3cret-admin")],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(!r.text().contains("s3cret"), "{path}");
+    }
+    for path in ["/livez", "/readyz"] {
+        assert_eq!(get(&format!("{admin}{path}")).await.status, 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn admin_listen_off_serves_no_admin_endpoint() {
+    let sim = backend(&["llama3.2"]).await;
+    let route = format!("llama3.2={}", sim.url());
+    let proxy = Proxy::start(&["--proxy", &route, "--admin-listen", "off"]);
+    let r = get(&format!("{}/api/tags", proxy.url)).await;
+    assert_eq!(r.status, 200);
+    assert!(!proxy.logs().contains("admin_address="), "{}", proxy.logs());
+}
