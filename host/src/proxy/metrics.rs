@@ -11,7 +11,7 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -40,22 +40,15 @@ pub struct RouteLabels {
     pub model: String,
 }
 
-/// Which tokens.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum TokenType {
-    /// The prompt (`prompt_eval_count`, `prompt_tokens`).
-    Input,
-    /// The completion (`eval_count`, `completion_tokens`).
-    Output,
-}
-
 /// Labels of token counts (OpenTelemetry's attribute names).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     /// `gen_ai.request.model`
     pub gen_ai_request_model: String,
-    /// `gen_ai.token.type`
-    pub gen_ai_token_type: TokenType,
+    /// `gen_ai.token.type`: `input` (the prompt: `prompt_eval_count`,
+    /// `prompt_tokens`) or `output` (the completion: `eval_count`,
+    /// `completion_tokens`).
+    pub gen_ai_token_type: String,
 }
 
 /// Labels of per-backend gauges.

@@ -45,9 +45,7 @@ use crate::plugin::{Facts, Header};
 use crate::policy::{Outcome, Plan};
 use crate::proxy::body_pace::{paced, BodyDeadline, BodyTimeout};
 use crate::proxy::generation::Generation;
-use crate::proxy::metrics::{
-    status_class, Metrics, RequestLabels, RouteLabels, TokenLabels, TokenType,
-};
+use crate::proxy::metrics::{status_class, Metrics, RequestLabels, RouteLabels, TokenLabels};
 use crate::proxy::model_change;
 use crate::proxy::relay::{Framing, Relay};
 use crate::proxy::shadow::ShadowInput;
@@ -59,18 +57,46 @@ use crate::{RequestBody, ResponseBody};
 /// The response header that explains a decision (with `explain = true`).
 pub const DECISION_HEADER: &str = "x-llamagate-decision";
 
+/// The header that carries a request's id: the client's, when it sent a
+/// usable one, else one llamagate makes. It reaches the backend, the plugins
+/// (among the headers), the log line and the client's answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Serves one request: the phases in order.
 pub async fn handle(
     gateway: &Gateway,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     client: SocketAddr,
 ) -> Response<ResponseBody> {
     let mut record = Record::start(request.method());
-    let response = match serve(gateway, request, client, &mut record).await {
+    let id = request_id(request.headers(), gateway);
+    request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+    record.request_id = id.to_str().unwrap_or_default().to_string();
+    let mut response = match serve(gateway, request, client, &mut record).await {
         Ok(response) => response,
         Err(err) => err.into_response(record.style),
     };
+    response.headers_mut().insert(REQUEST_ID_HEADER, id);
     finish(record, response, &gateway.metrics)
+}
+
+/// The client's `x-request-id` when it is one value of 1 to 128 visible
+/// ASCII characters; else a new one (`lg-` and 16 hex digits, unique within
+/// the process and unlikely to repeat across processes).
+fn request_id(headers: &HeaderMap, gateway: &Gateway) -> HeaderValue {
+    let mut sent = headers.get_all(REQUEST_ID_HEADER).iter();
+    if let (Some(v), None) = (sent.next(), sent.next()) {
+        let b = v.as_bytes();
+        if (1..=128).contains(&b.len()) && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    use std::hash::{BuildHasher, Hasher};
+    static SEED: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let mut h = SEED.get_or_init(std::hash::RandomState::new).build_hasher();
+    h.write(gateway.next_id().as_bytes());
+    HeaderValue::try_from(format!("lg-{:016x}", h.finish()))
+        .unwrap_or_else(|_| HeaderValue::from_static("lg-0"))
 }
 
 async fn serve(
@@ -112,7 +138,10 @@ async fn serve(
     record.model_served = plan.request.model.clone();
     record.model_label = match plan.request.model.as_deref() {
         Some(m) if generation.fleet.lists(m) => llamagate_sdk::names::display(m),
-        Some(_) => "other".into(),
+        Some(m) => {
+            record.model_unlisted = Some(llamagate_sdk::names::display(m));
+            "other".into()
+        }
         None => String::new(),
     };
     record.principal = plan.principal.clone();
@@ -930,6 +959,11 @@ pub struct Record {
     pub backend: Option<String>,
     /// Backends tried that failed, in order.
     pub attempts: Attempts,
+    /// The request's id (`x-request-id`).
+    pub request_id: String,
+    /// The model served when no backend listed it at decision time (it
+    /// becomes the label if a backend answers it with success).
+    pub model_unlisted: Option<String>,
     /// The model as a metric label: the model served when some backend
     /// lists it, `other` when none does, empty for no model.
     pub model_label: String,
@@ -948,6 +982,8 @@ impl Record {
             backend: None,
             attempts: Attempts::default(),
             model_label: String::new(),
+            request_id: String::new(),
+            model_unlisted: None,
         }
     }
 }
@@ -1009,15 +1045,21 @@ impl Finishing {
         let complete = self.ended || http_body::Body::is_end_stream(&self.body);
         let total = record.started.elapsed();
         let endpoint = endpoint_name(record.endpoint.unwrap_or(Endpoint::Other));
+        // A model no backend listed yet (before the first probe) is a label
+        // once a backend answered for it with success: it exists there.
+        let model_label = match (&record.model_unlisted, &record.backend) {
+            (Some(model), Some(_)) if (200..300).contains(&self.status) => model.clone(),
+            _ => record.model_label.clone(),
+        };
         let route = RouteLabels {
             endpoint: endpoint.clone(),
-            model: record.model_label.clone(),
+            model: model_label.clone(),
         };
         let m = &self.metrics;
         m.requests
             .get_or_create(&RequestLabels {
                 endpoint,
-                model: record.model_label.clone(),
+                model: model_label.clone(),
                 backend: record.backend.clone().unwrap_or_default(),
                 status: status_class(self.status).to_string(),
             })
@@ -1048,13 +1090,13 @@ impl Finishing {
                 }
             }
             for (kind, n) in [
-                (TokenType::Input, usage.prompt_tokens),
-                (TokenType::Output, usage.completion_tokens),
+                ("input", usage.prompt_tokens),
+                ("output", usage.completion_tokens),
             ] {
                 if let Some(n) = n {
                     let labels = TokenLabels {
-                        gen_ai_request_model: record.model_label.clone(),
-                        gen_ai_token_type: kind,
+                        gen_ai_request_model: model_label.clone(),
+                        gen_ai_token_type: kind.to_string(),
                     };
                     m.tokens.get_or_create(&labels).inc_by(n);
                     m.token_usage.get_or_create(&labels).observe(n as f64);
@@ -1065,6 +1107,7 @@ impl Finishing {
             return;
         }
         tracing::debug!(
+            id = %record.request_id,
             method = %record.method,
             endpoint = ?record.endpoint.unwrap_or(Endpoint::Other),
             model = record.model_asked.as_deref().unwrap_or(""),

@@ -52,12 +52,22 @@ async fn health_metrics_and_status_are_on_the_admin_address() {
     .await;
     assert_eq!(r.status, 404);
 
-    let r = get(&format!("{admin}/metrics")).await;
-    assert_eq!(r.status, 200);
-    assert!(r
-        .header("content-type")
-        .is_some_and(|c| c.starts_with("application/openmetrics-text")));
-    let m = r.text();
+    // A request is counted when its answer's body ends, which hyper may see
+    // just after the client has read the last byte.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let r = get(&format!("{admin}/metrics")).await;
+        assert_eq!(r.status, 200);
+        assert!(r
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")));
+        let m = r.text();
+        let counted = sample(&m, "llamagate_requests_total", &[]).unwrap_or(0.0);
+        if counted >= 3.0 || tokio::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         sample(
             &m,
@@ -156,4 +166,131 @@ async fn admin_listen_off_serves_no_admin_endpoint() {
     let r = get(&format!("{}/api/tags", proxy.url)).await;
     assert_eq!(r.status, 200);
     assert!(!proxy.logs().contains("admin_address="), "{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made_and_reach_the_backend_and_the_client() {
+    let sim = backend(&["llama3.2"]).await;
+    let route = format!("llama3.2={}", sim.url());
+    let proxy = Proxy::start(&["--proxy", &route]);
+    let body = json!({"model":"llama3.2","messages":[],"stream":false});
+    let url = format!("{}/api/chat", proxy.url);
+    let r = post_with(&url, &[("x-request-id", "abc-123")], &body).await;
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    let r2 = post(&url, &body).await;
+    let made = r2.header("x-request-id").unwrap().to_string();
+    assert!(made.starts_with("lg-") && made.len() == 19, "{made}");
+    // Unusable ids (a space, two values) are replaced, not passed on.
+    let r3 = post_with(&url, &[("x-request-id", "a b")], &body).await;
+    assert!(r3.header("x-request-id").unwrap().starts_with("lg-"));
+    let r4 = post(&url, &body).await;
+    assert_ne!(r4.header("x-request-id"), Some(made.as_str()), "ids repeat");
+    let chats: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/chat")
+        .collect();
+    assert_eq!(chats[0].header("x-request-id"), Some("abc-123"));
+    assert_eq!(chats[1].header("x-request-id"), Some(made.as_str()));
+    assert!(chats[2].header("x-request-id").unwrap().starts_with("lg-"));
+    // Errors answered by llamagate carry it too.
+    let r = post(&url, &json!({"model":"nobody-has-it","messages":[]})).await;
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-request-id").is_some());
+}
+
+/// The token counts the backend reported in an answer: Ollama's last line or
+/// body (`prompt_eval_count`, `eval_count`), or OpenAI's `usage`.
+fn reported(text: &str) -> (f64, f64) {
+    let mut counts = (0.0, 0.0);
+    for line in text.lines() {
+        let line = line.strip_prefix("data: ").unwrap_or(line);
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(p), Some(e)) = (v["prompt_eval_count"].as_f64(), v["eval_count"].as_f64()) {
+            counts = (p, e);
+        }
+        if let (Some(p), Some(c)) = (
+            v["usage"]["prompt_tokens"].as_f64(),
+            v["usage"]["completion_tokens"].as_f64(),
+        ) {
+            counts = (p, c);
+        }
+    }
+    counts
+}
+
+#[tokio::test]
+async fn token_counts_equal_what_the_backends_reported() {
+    let sim = backend(&["llama3.2"]).await;
+    let route = format!("llama3.2={}", sim.url());
+    let proxy = Proxy::start(&["--proxy", &route]);
+    let admin = proxy.admin_url();
+    let mut want = (0.0, 0.0);
+    let msgs = json!([{"role":"user","content":"count my tokens please"}]);
+    let requests = [
+        ("/api/chat", json!({"model":"llama3.2","messages":msgs})),
+        (
+            "/api/chat",
+            json!({"model":"llama3.2","messages":msgs,"stream":false}),
+        ),
+        (
+            "/api/generate",
+            json!({"model":"llama3.2","prompt":"a b c"}),
+        ),
+        (
+            "/api/generate",
+            json!({"model":"llama3.2","prompt":"a b c","stream":false}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model":"llama3.2","messages":msgs}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model":"llama3.2","messages":msgs,"stream":true,
+                   "stream_options":{"include_usage":true}}),
+        ),
+    ];
+    for (path, body) in &requests {
+        let r = post(&format!("{}{path}", proxy.url), body).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let (p, c) = reported(&r.text());
+        assert!(
+            p > 0.0 && c > 0.0,
+            "{path}: the backend reported no counts: {}",
+            r.text()
+        );
+        want = (want.0 + p, want.1 + c);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = get(&format!("{admin}/metrics")).await.text();
+        let input = sample(
+            &m,
+            "llamagate_tokens_total",
+            &["gen_ai_token_type=\"input\""],
+        );
+        let output = sample(
+            &m,
+            "llamagate_tokens_total",
+            &["gen_ai_token_type=\"output\""],
+        );
+        if (input, output) == (Some(want.0), Some(want.1)) {
+            let usage = sample(&m, "gen_ai_client_token_usage_count", &[]);
+            assert_eq!(usage, Some(2.0 * requests.len() as f64), "{m}");
+            assert!(
+                sample(&m, "gen_ai_server_time_to_first_token_seconds_count", &[])
+                    .is_some_and(|n| n >= requests.len() as f64),
+                "{m}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics {input:?}/{output:?}, reported {want:?}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
