@@ -624,23 +624,7 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
     let ps = upstream
         .get_json_with::<Tags>(&**backend, "/api/ps", &headers, timeout)
         .await;
-    if tags.is_ok() {
-        // Asked while unknown, and again after the backend was down (it may
-        // have been upgraded).
-        let known = backend.version.read().unwrap().is_some() && backend.healthy();
-        if !known {
-            #[derive(Deserialize)]
-            struct Version {
-                version: String,
-            }
-            if let Ok(v) = upstream
-                .get_json_with::<Version>(&**backend, "/api/version", &headers, timeout)
-                .await
-            {
-                *backend.version.write().unwrap() = Some(v.version);
-            }
-        }
-    }
+    let answered = tags.is_ok();
     match (tags, ps) {
         (Ok(tags), ps) => {
             let tags = tags.models.unwrap_or_default();
@@ -664,6 +648,25 @@ async fn probe(backend: &Arc<BackendState>, upstream: &Upstream, timeout: Durati
                 tracing::debug!(backend = %backend.id, "probe failed: {e}");
             }
             backend.probe_failed(&e.failure);
+        }
+    }
+    // After the models are known: a probe's first answer makes them
+    // routable without waiting for this one.
+    if answered {
+        // Asked while unknown, and again after the backend was down (it may
+        // have been upgraded).
+        let known = backend.version.read().unwrap().is_some() && backend.healthy();
+        if !known {
+            #[derive(Deserialize)]
+            struct Version {
+                version: String,
+            }
+            if let Ok(v) = upstream
+                .get_json_with::<Version>(&**backend, "/api/version", &headers, timeout)
+                .await
+            {
+                *backend.version.write().unwrap() = Some(v.version);
+            }
         }
     }
 }

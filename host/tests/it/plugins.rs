@@ -385,6 +385,21 @@ async fn a_plugin_built_for_0_2_0_keeps_working() {
         names.contains(&"v2-llama3.2:latest".to_string()),
         "{names:?}"
     );
+    // A listing asks the backends itself; routing waits for the probes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+        let probed = status["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| !b["models"].as_array().unwrap().is_empty());
+        if probed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     for _ in 0..3 {
         let r = post(
             &format!("{}/api/chat", proxy.url),
