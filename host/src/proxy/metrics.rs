@@ -22,20 +22,20 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The endpoint (`chat`, `openai_chat`, `tags`...).
-    pub endpoint: String,
+    pub endpoint: &'static str,
     /// The model served, bounded (see the module doc); empty when none.
     pub model: String,
     /// The backend that answered; empty when none did.
     pub backend: String,
     /// `2xx`, `4xx`...
-    pub status: String,
+    pub status: &'static str,
 }
 
 /// Labels of measures per endpoint and model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// The endpoint.
-    pub endpoint: String,
+    pub endpoint: &'static str,
     /// The model served, bounded.
     pub model: String,
 }

@@ -1052,7 +1052,7 @@ impl Finishing {
             _ => record.model_label.clone(),
         };
         let route = RouteLabels {
-            endpoint: endpoint.clone(),
+            endpoint,
             model: model_label.clone(),
         };
         let m = &self.metrics;
@@ -1061,7 +1061,7 @@ impl Finishing {
                 endpoint,
                 model: model_label.clone(),
                 backend: record.backend.clone().unwrap_or_default(),
-                status: status_class(self.status).to_string(),
+                status: status_class(self.status),
             })
             .inc();
         m.duration
@@ -1128,22 +1128,33 @@ impl Finishing {
 }
 
 /// The endpoint as a metric label: `chat`, `openai_chat`, `other`.
-fn endpoint_name(endpoint: Endpoint) -> String {
-    let debug = format!("{endpoint:?}");
-    // The generated type's Debug may carry its path (`Endpoint::Chat`).
-    let name = debug.rsplit("::").next().unwrap_or(&debug);
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
+fn endpoint_name(endpoint: Endpoint) -> &'static str {
+    use Endpoint as E;
+    match endpoint {
+        E::Root => "root",
+        E::Version => "version",
+        E::Tags => "tags",
+        E::Ps => "ps",
+        E::Show => "show",
+        E::Generate => "generate",
+        E::Chat => "chat",
+        E::Embed => "embed",
+        E::Embeddings => "embeddings",
+        E::Pull => "pull",
+        E::Push => "push",
+        E::Create => "create",
+        E::Copy => "copy",
+        E::Delete => "delete",
+        E::Blobs => "blobs",
+        E::OpenaiChat => "openai_chat",
+        E::OpenaiCompletions => "openai_completions",
+        E::OpenaiEmbeddings => "openai_embeddings",
+        E::OpenaiModels => "openai_models",
+        E::OpenaiModel => "openai_model",
+        E::OpenaiResponses => "openai_responses",
+        E::OpenaiMessages => "openai_messages",
+        E::Other => "other",
     }
-    out
 }
 
 impl http_body::Body for Finishing {
