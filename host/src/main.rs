@@ -1,7 +1,7 @@
 //! The `llamagate` binary.
 
 use clap::Parser;
-use llamagate::cli::{Cli, Command, PluginCommand, ServeArgs};
+use llamagate::cli::{Cli, Command, LogFormat, PluginCommand, ServeArgs};
 use llamagate::config::Config;
 use llamagate::server::Launch;
 use tracing_subscriber::EnvFilter;
@@ -16,12 +16,27 @@ async fn main() -> std::process::ExitCode {
             EnvFilter::new(llamagate::cli::expand_level("info"))
         }
     };
-    tracing_subscriber::fmt()
+    let format = match cli.serve.log_format() {
+        Ok(format) => format,
+        Err(err) => {
+            eprintln!("llamagate: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -846,6 +846,29 @@ fn sse_event(f: impl FnOnce() -> String + Send + 'static) -> Piece {
     Piece::Emit(Box::new(move || Bytes::from(format!("data: {}\n\n", f()))))
 }
 
+/// Whether Ollama, with no `OLLAMA_ORIGINS`, allows a browser `origin`:
+/// `http(s)://` localhost, 127.0.0.1 or 0.0.0.0 with any port or none, and
+/// the `app`, `file`, `tauri`, `vscode-webview` and `vscode-file` schemes.
+pub fn ollama_allows_origin(origin: &str) -> bool {
+    let hosts = ["localhost", "127.0.0.1", "0.0.0.0"];
+    let web = ["http://", "https://"].iter().any(|scheme| {
+        origin.strip_prefix(scheme).is_some_and(|rest| {
+            hosts
+                .iter()
+                .any(|h| rest == *h || rest.strip_prefix(h).is_some_and(|p| p.starts_with(':')))
+        })
+    });
+    web || [
+        "app://",
+        "file://",
+        "tauri://",
+        "vscode-webview://",
+        "vscode-file://",
+    ]
+    .iter()
+    .any(|scheme| origin.starts_with(scheme))
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<SimBody>, BoxError> {
     let (parts, body) = req.into_parts();
     // Go's `net/http` routes on the percent-decoded path.
@@ -903,6 +926,20 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Si
         .unwrap_or_default();
     if !state.allowed_host(&host) {
         return into_response(empty(StatusCode::FORBIDDEN), head, &state, None);
+    }
+    // Ollama's CORS middleware (gin-contrib/cors, default OLLAMA_ORIGINS):
+    // an origin outside its list is refused, a preflight answered.
+    if let Some(origin) = parts.headers.get(hyper::header::ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+        let same = origin == format!("http://{host}") || origin == format!("https://{host}");
+        if !origin.is_empty() && !same {
+            if !ollama_allows_origin(&origin) {
+                return into_response(empty(StatusCode::FORBIDDEN), head, &state, None);
+            }
+            if parts.method == Method::OPTIONS {
+                return into_response(empty(StatusCode::NO_CONTENT), head, &state, None);
+            }
+        }
     }
     let faulted = matches!(class, Class::Inference | Class::Management);
     match fault {

@@ -117,6 +117,15 @@ pub struct ServeArgs {
     /// `parallel` (the backends' OLLAMA_NUM_PARALLEL; default 1). Env: LLAMAGATE_PARALLEL.
     #[arg(long, value_name = "N")]
     pub parallel: Option<u32>,
+    /// Origins browsers may call from, comma-separated, besides Ollama's
+    /// defaults (localhost, 127.0.0.1, 0.0.0.0, app://, file://...).
+    /// Env: LLAMAGATE_ORIGINS, OLLAMA_ORIGINS.
+    #[arg(long, value_name = "ORIGINS")]
+    pub origins: Option<String>,
+    /// Log format: `text` or `json` (one object per line).
+    /// Env: LLAMAGATE_LOG_FORMAT.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
     /// Append every request (with body and headers: keep the file private) to FILE
     /// as JSON lines, for `llamagate plugin test`.
     #[arg(long, value_name = "FILE")]
@@ -126,6 +135,16 @@ pub struct ServeArgs {
     /// Env: LLAMAGATE_LOG, GOLLAMAS_LEVEL.
     #[arg(long, global = true)]
     pub level: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `TIME LEVEL message key=value...`
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`
+    /// and the fields, at the top level.
+    Json,
 }
 
 /// Options of `llamagate demo`.
@@ -212,6 +231,20 @@ impl ServeArgs {
         expand_level(&given)
     }
 
+    /// The log format (`--log-format`, `LLAMAGATE_LOG_FORMAT`; default text).
+    pub fn log_format(&self) -> anyhow::Result<LogFormat> {
+        let given = self
+            .log_format
+            .clone()
+            .or_else(|| env(&["LLAMAGATE_LOG_FORMAT"]));
+        match given.as_deref().map(|f| f.trim().to_ascii_lowercase()) {
+            None => Ok(LogFormat::Text),
+            Some(f) if f == "text" => Ok(LogFormat::Text),
+            Some(f) if f == "json" => Ok(LogFormat::Json),
+            Some(other) => anyhow::bail!("--log-format: {other:?} is not `text` or `json`"),
+        }
+    }
+
     /// Flags and environment, as config overrides. Flags win over environment.
     pub fn overrides(&self) -> anyhow::Result<Overrides> {
         let mut o = Overrides {
@@ -237,6 +270,12 @@ impl ServeArgs {
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("LLAMAGATE_PARALLEL: {e}"))?,
             },
+            origins: self
+                .origins
+                .clone()
+                .or_else(|| env(&["LLAMAGATE_ORIGINS", "OLLAMA_ORIGINS"]))
+                .map(|list| list.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
             ..Default::default()
         };
         let lists = [

@@ -69,8 +69,15 @@ pub struct Config {
     pub watch: bool,
     /// Files whose change triggers a reload (config file and plugins).
     pub watched_files: Vec<PathBuf>,
-    /// Serve `GET /llamagate/status`.
+    /// Serve `GET /llamagate/status` on the traffic port too.
     pub status: bool,
+    /// Count requests in the metrics (`metrics`).
+    pub metrics: bool,
+    /// Write the access log (`access_log`).
+    pub access_log: bool,
+    /// Origins browsers may call from (`origins`, `--origins`,
+    /// `LLAMAGATE_ORIGINS`, `OLLAMA_ORIGINS`), with Ollama's defaults.
+    pub cors: crate::proxy::cors::Cors,
     /// The key `/llamagate/status` callers must present (`admin_key`,
     /// `admin_key_file`, `LLAMAGATE_ADMIN_KEY`); `None`: loopback callers only.
     pub admin_key: Option<AdminKey>,
@@ -162,8 +169,14 @@ pub struct FileConfig {
     pub explain: Option<bool>,
     /// `watch`: reload when the config or a plugin file changes (default true).
     pub watch: Option<bool>,
-    /// `status`: serve `/llamagate/status` (default true).
+    /// `status`: serve `/llamagate/status` on the traffic port too (default false).
     pub status: Option<bool>,
+    /// `metrics`: count requests in the metrics (default true).
+    pub metrics: Option<bool>,
+    /// `access_log`: one log line per request (default true).
+    pub access_log: Option<bool>,
+    /// `origins`: origins browsers may call from, besides Ollama's defaults.
+    pub origins: Option<Vec<String>>,
     /// `admin_key`: the bearer key the status endpoint asks for.
     pub admin_key: Option<String>,
     /// `admin_key_file`: a file holding the admin key (relative to the config file).
@@ -291,6 +304,8 @@ pub struct Overrides {
     pub explain: bool,
     /// `--parallel`: the `parallel` of backends without their own.
     pub parallel: Option<u32>,
+    /// `--origins`, `LLAMAGATE_ORIGINS`, `OLLAMA_ORIGINS`: added to `origins`.
+    pub origins: Vec<String>,
 }
 
 impl Config {
@@ -514,7 +529,18 @@ impl Config {
             shadow,
             explain: file.explain.unwrap_or(false) || overrides.explain,
             watch: file.watch.unwrap_or(true),
-            status: file.status.unwrap_or(true),
+            status: file.status.unwrap_or(false),
+            metrics: file.metrics.unwrap_or(true),
+            access_log: file.access_log.unwrap_or(true),
+            cors: crate::proxy::cors::Cors::new(
+                &file
+                    .origins
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(overrides.origins.iter().cloned())
+                    .collect::<Vec<_>>(),
+            )?,
             admin_key,
             shutdown_grace: duration(
                 file.shutdown_grace,

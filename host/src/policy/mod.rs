@@ -27,6 +27,7 @@ use crate::log_limit::LogLimiter;
 use crate::plugin::{
     Decision, Edits, Facts, Header, ListedModel, OptionEntry, Plugin, PluginError, Reply, Request,
 };
+use crate::proxy::metrics::{Metrics, PluginFailureLabels, PluginLabels};
 
 /// One "skipped (on_failure = open)" line per plugin and kind every 10 s.
 static SKIPPED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
@@ -58,6 +59,8 @@ pub struct Link {
 /// The loaded plugins, in order.
 pub struct Chain {
     links: Vec<Link>,
+    /// Each link's decision-time histogram, once metered (see [`Chain::decide`]).
+    seconds: Vec<std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>>,
 }
 
 /// What the chain decided.
@@ -383,7 +386,8 @@ impl Plan {
 impl Chain {
     /// A chain of `links`, run in this order.
     pub fn new(links: Vec<Link>) -> Chain {
-        Chain { links }
+        let seconds = links.iter().map(|_| std::sync::OnceLock::new()).collect();
+        Chain { links, seconds }
     }
 
     /// A chain of plugins that all fail closed.
@@ -414,7 +418,8 @@ impl Chain {
 
     /// Runs every plugin's `on-request` once a call slot of that plugin is
     /// free, inline on the calling (async worker) thread. With `trace`, the
-    /// outcome says what each plugin did.
+    /// outcome says what each plugin did. With `metrics`, each plugin's time
+    /// and failures are counted there.
     pub async fn decide(
         &self,
         request: Request,
@@ -422,10 +427,12 @@ impl Chain {
         facts: Arc<dyn Facts>,
         body: Bytes,
         trace: bool,
+        metrics: Option<&Metrics>,
     ) -> Result<Outcome, GatewayError> {
         let address = client_key(&request.client_addr);
         let mut plan = Plan::new(request, raw_options);
-        for link in &self.links {
+        for (link, seconds) in self.links.iter().zip(&self.seconds) {
+            let started = metrics.map(|_| std::time::Instant::now());
             // Fair by who the request is for once a plugin has said so.
             let client = plan.principal.as_deref().unwrap_or(&address);
             let result = match link.plugin.admit(client).await {
@@ -441,6 +448,26 @@ impl Chain {
                 },
                 Err(busy) => Err(busy),
             };
+            if let (Some(m), Some(started)) = (metrics, started) {
+                let name = link.plugin.name();
+                seconds
+                    .get_or_init(|| {
+                        m.plugin_seconds
+                            .get_or_create(&PluginLabels {
+                                plugin: name.to_string(),
+                            })
+                            .clone()
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+                if let Err(err) = &result {
+                    m.plugin_failures
+                        .get_or_create(&PluginFailureLabels {
+                            plugin: name.to_string(),
+                            kind: failure_kind(err),
+                        })
+                        .inc();
+                }
+            }
             plan = match step(link, plan, result, trace)? {
                 ControlFlow::Continue(plan) => plan,
                 ControlFlow::Break(outcome) => return Ok(outcome),
@@ -491,6 +518,17 @@ impl Chain {
             }
         }
         Ok(models)
+    }
+}
+
+/// A plugin failure's kind, as a metric label.
+fn failure_kind(err: &PluginError) -> &'static str {
+    match err {
+        PluginError::Timeout { .. } => "timeout",
+        PluginError::OutOfMemory { .. } => "memory",
+        PluginError::Trap { .. } => "trap",
+        PluginError::Start { .. } => "start",
+        PluginError::Busy { .. } => "busy",
     }
 }
 

@@ -32,6 +32,19 @@ pub struct Settings {
     pub status: bool,
     /// The key status callers must present; `None`: loopback callers only.
     pub admin_key: Option<crate::config::AdminKey>,
+    /// Metrics and the access log, each on or off.
+    pub observe: Observe,
+    /// The origins browsers may call from.
+    pub cors: crate::proxy::cors::Cors,
+}
+
+/// Which observations each request costs (`metrics`, `access_log`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observe {
+    /// Count requests, times and tokens in the metrics.
+    pub metrics: bool,
+    /// Write one access-log line per request.
+    pub access_log: bool,
 }
 
 /// What requests are decided with; replaced whole on reload.
@@ -119,6 +132,11 @@ pub fn build(
             explain: config.explain,
             status: config.status,
             admin_key: config.admin_key.clone(),
+            observe: Observe {
+                metrics: config.metrics,
+                access_log: config.access_log,
+            },
+            cors: config.cors.clone(),
         },
     })
 }

@@ -9,7 +9,9 @@
 //! conventions name a measure, that name is used (`gen_ai_client_token_usage`,
 //! `gen_ai_server_time_to_first_token_seconds`).
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -48,8 +50,48 @@ pub struct TokenLabels {
     /// `gen_ai.token.type`: `input` (the prompt: `prompt_eval_count`,
     /// `prompt_tokens`) or `output` (the completion: `eval_count`,
     /// `completion_tokens`).
-    pub gen_ai_token_type: String,
+    pub gen_ai_token_type: &'static str,
 }
+
+/// Labels of counts per principal (who a request is for, as the policy
+/// named it: with the default policy's keys, the key's name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrincipalLabels {
+    /// The principal, or `other` past [`MAX_PRINCIPALS`].
+    pub principal: String,
+    /// `2xx`, `4xx`...
+    pub status: &'static str,
+}
+
+/// Labels of token counts per principal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrincipalTokenLabels {
+    /// The principal, or `other` past [`MAX_PRINCIPALS`].
+    pub principal: String,
+    /// `input` or `output`.
+    pub gen_ai_token_type: &'static str,
+}
+
+/// Labels of a plugin's decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// The plugin's name.
+    pub plugin: String,
+}
+
+/// Labels of a plugin's failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginFailureLabels {
+    /// The plugin's name.
+    pub plugin: String,
+    /// `timeout`, `memory`, `trap`, `start`, `busy`.
+    pub kind: &'static str,
+}
+
+/// Most distinct principals that get their own label; later ones count as
+/// `other` (a plugin names principals, and a plugin's words must not grow the
+/// metrics without bound).
+pub const MAX_PRINCIPALS: usize = 256;
 
 /// Labels of per-backend gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +148,17 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// `llamagate_queue_refused_total` (as counted by the queue, set when scraped).
     pub queue_refused: Gauge<u64, AtomicU64>,
+    /// `llamagate_principal_requests_total`
+    pub principal_requests: Family<PrincipalLabels, Counter>,
+    /// `llamagate_principal_tokens_total`
+    pub principal_tokens: Family<PrincipalTokenLabels, Counter>,
+    /// Principals that have a label of their own.
+    principals: Mutex<HashSet<String>>,
+    /// `llamagate_plugin_decision_seconds`: time of each plugin's
+    /// `on-request` for a request, waiting for a call slot included.
+    pub plugin_seconds: Family<PluginLabels, Histogram>,
+    /// `llamagate_plugin_failures_total`
+    pub plugin_failures: Family<PluginFailureLabels, Counter>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -144,6 +197,16 @@ impl Default for Metrics {
             backend_queued: Family::default(),
             queue_depth: Gauge::default(),
             queue_refused: Gauge::default(),
+            principal_requests: Family::default(),
+            principal_tokens: Family::default(),
+            principals: Mutex::default(),
+            plugin_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                ])
+            }),
+            plugin_failures: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -216,11 +279,74 @@ impl Default for Metrics {
             "Requests refused with 429 by the queue since start",
             m.queue_refused.clone(),
         );
+        r.register(
+            "llamagate_principal_requests",
+            "Requests by principal (the default policy's key name) and status class",
+            m.principal_requests.clone(),
+        );
+        r.register(
+            "llamagate_principal_tokens",
+            "Tokens by principal and type",
+            m.principal_tokens.clone(),
+        );
+        r.register(
+            "llamagate_plugin_decision_seconds",
+            "Time of each plugin's decision for a request, waiting for a call slot included",
+            m.plugin_seconds.clone(),
+        );
+        r.register(
+            "llamagate_plugin_failures",
+            "Plugin calls that failed, by plugin and kind",
+            m.plugin_failures.clone(),
+        );
         m
     }
 }
 
 impl Metrics {
+    /// Counts a request and its tokens for `principal` (bounded: see
+    /// [`MAX_PRINCIPALS`]).
+    pub fn count_principal(
+        &self,
+        principal: &str,
+        status: &'static str,
+        usage: Option<&crate::proxy::tokens::Usage>,
+    ) {
+        let principal = {
+            let mut known = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+            if known.contains(principal) {
+                principal.to_string()
+            } else if known.len() < MAX_PRINCIPALS {
+                known.insert(principal.to_string());
+                principal.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        self.principal_requests
+            .get_or_create(&PrincipalLabels {
+                principal: principal.clone(),
+                status,
+            })
+            .inc();
+        let Some(usage) = usage else {
+            return;
+        };
+        for (kind, n) in [
+            ("input", usage.prompt_tokens),
+            ("output", usage.completion_tokens),
+        ] {
+            if let Some(n) = n {
+                self.principal_tokens
+                    .get_or_create(&PrincipalTokenLabels {
+                        principal: principal.clone(),
+                        gen_ai_token_type: kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
     /// The text exposition (OpenMetrics).
     pub fn encode(&self) -> String {
         let mut out = String::new();

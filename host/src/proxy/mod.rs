@@ -17,6 +17,7 @@
 //! - [`record`]: requests written to a file for `llamagate plugin replay`.
 
 pub mod body_pace;
+pub mod cors;
 pub mod fanout;
 pub mod fleetwide;
 pub mod generation;

@@ -44,7 +44,8 @@ use crate::fleet::{BackendState, Fleet, InFlight, Pass};
 use crate::plugin::{Facts, Header};
 use crate::policy::{Outcome, Plan};
 use crate::proxy::body_pace::{paced, BodyDeadline, BodyTimeout};
-use crate::proxy::generation::Generation;
+use crate::proxy::cors;
+use crate::proxy::generation::{Generation, Observe};
 use crate::proxy::metrics::{status_class, Metrics, RequestLabels, RouteLabels, TokenLabels};
 use crate::proxy::model_change;
 use crate::proxy::relay::{Framing, Relay};
@@ -68,16 +69,42 @@ pub async fn handle(
     mut request: Request<Incoming>,
     client: SocketAddr,
 ) -> Response<ResponseBody> {
-    let mut record = Record::start(request.method());
+    let generation = gateway.current();
+    let settings = &generation.settings;
+    let observe = settings.observe;
+    let mut record = Record::start(request.method(), client);
+    if observe.access_log {
+        record.path = request.uri().path().to_string();
+    }
     let id = request_id(request.headers(), gateway);
     request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
     record.request_id = id.to_str().unwrap_or_default().to_string();
-    let mut response = match serve(gateway, request, client, &mut record).await {
-        Ok(response) => response,
-        Err(err) => err.into_response(record.style),
+    let cors = settings.cors.check(
+        request.method(),
+        request.headers(),
+        request.uri().authority().map(|a| a.as_str()),
+    );
+    let mut response = match cors {
+        cors::Check::Refused => cors::refused(),
+        cors::Check::Preflight(ref origin) => settings.cors.preflight(origin.clone()),
+        cors::Check::NotCors | cors::Check::Allowed(_) => {
+            // llamagate has decided the origin: the backend's own list must
+            // not refuse it (see `proxy::cors`).
+            request.headers_mut().remove(header::ORIGIN);
+            match serve(gateway, &generation, request, client, &mut record).await {
+                Ok(response) => response,
+                Err(err) => err.into_response(record.style),
+            }
+        }
     };
+    if let cors::Check::Allowed(origin) = cors {
+        settings.cors.mark(origin, response.headers_mut());
+    }
     response.headers_mut().insert(REQUEST_ID_HEADER, id);
-    finish(record, response, &gateway.metrics)
+    if !observe.metrics && !observe.access_log {
+        return response;
+    }
+    finish(record, response, &gateway.metrics, observe)
 }
 
 /// The client's `x-request-id` when it is one value of 1 to 128 visible
@@ -101,6 +128,7 @@ fn request_id(headers: &HeaderMap, gateway: &Gateway) -> HeaderValue {
 
 async fn serve(
     gateway: &Gateway,
+    generation: &Arc<Generation>,
     request: Request<Incoming>,
     client: SocketAddr,
     record: &mut Record,
@@ -114,10 +142,9 @@ async fn serve(
     if classified.handling == Handling::Local {
         return Ok(local(request.method()));
     }
-    let generation = gateway.current();
-    let (mut read, upload) = read(gateway, &generation, request, client, classified).await?;
+    let (mut read, upload) = read(gateway, generation, request, client, classified).await?;
     record.model_asked = read.view.as_ref().and_then(|v| v.model.clone());
-    let (outcome, trace) = decide(gateway, &generation, &mut read).await?;
+    let (outcome, trace) = decide(gateway, generation, &mut read).await?;
     let plan = match outcome {
         Outcome::Respond { plugin, reply, .. } => {
             tracing::info!(plugin, status = reply.status, path = %read.classified.path, "policy answered");
@@ -132,7 +159,7 @@ async fn serve(
     if let Handling::FanOut(merge) = read.classified.handling {
         let head = read.method == Method::HEAD;
         let view = read.listing_view.as_ref().unwrap_or(&plan.request);
-        let response = crate::proxy::fanout::serve(gateway, &generation, view, merge, head).await?;
+        let response = crate::proxy::fanout::serve(gateway, generation, view, merge, head).await?;
         return Ok(explained(response, trace, None));
     }
     record.model_served = plan.request.model.clone();
@@ -178,7 +205,7 @@ async fn serve(
                 &generation.listings,
                 candidates,
                 call,
-                probe_timeout(&generation),
+                probe_timeout(generation),
             )
             .await;
             return Ok(explained(response, trace, None));
@@ -186,7 +213,7 @@ async fn serve(
     }
     let forwarded = forward(
         gateway,
-        &generation,
+        generation,
         candidates,
         outgoing,
         &mut record.attempts,
@@ -206,7 +233,7 @@ async fn serve(
             change,
             listings: generation.listings.clone(),
             upstream: gateway.upstream.clone(),
-            probe_timeout: probe_timeout(&generation),
+            probe_timeout: probe_timeout(generation),
         }
         .once_succeeded(response),
         None => response,
@@ -372,7 +399,18 @@ pub async fn decide(
     });
     let outcome = generation
         .chain
-        .decide(view, raw_options, facts, read.bytes.clone(), explain)
+        .decide(
+            view,
+            raw_options,
+            facts,
+            read.bytes.clone(),
+            explain,
+            generation
+                .settings
+                .observe
+                .metrics
+                .then_some(&*gateway.metrics),
+        )
         .await?;
     if let Some(input) = shadow {
         gateway.shadow.compare(input, outcome.verdict());
@@ -945,6 +983,10 @@ fn kept_alias(
 pub struct Record {
     started: Instant,
     method: Method,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The request's path (only kept for the access log).
+    pub path: String,
     /// The endpoint, once classified.
     pub endpoint: Option<Endpoint>,
     /// The error shape of the client's API.
@@ -970,10 +1012,12 @@ pub struct Record {
 }
 
 impl Record {
-    fn start(method: &Method) -> Record {
+    fn start(method: &Method, client: SocketAddr) -> Record {
         Record {
             started: Instant::now(),
             method: method.clone(),
+            client,
+            path: String::new(),
             endpoint: None,
             style: ApiStyle::Ollama,
             model_asked: None,
@@ -992,12 +1036,14 @@ impl Record {
 /// ended, whole or cut short (the client went away): counted in the
 /// [`Metrics`] (requests, durations, time to the head and to the first token,
 /// tokens from the answer's last frame or usage chunk, cut answers), and
-/// written as one log line at `debug` (what was asked and served, the status,
-/// the times, the bytes relayed).
+/// written as the access log's line (target `llamagate::access`, at info):
+/// what was asked and served, for whom, the status, the times, the tokens.
+/// `observe` says which of the two are on.
 pub fn finish(
     record: Record,
     response: Response<ResponseBody>,
     metrics: &Arc<Metrics>,
+    observe: Observe,
 ) -> Response<ResponseBody> {
     let (parts, body) = response.into_parts();
     let counter = match record.endpoint.map(crate::api::endpoint::Row::of) {
@@ -1018,7 +1064,8 @@ pub fn finish(
         bytes: 0,
         ended: false,
         counter,
-        metrics: metrics.clone(),
+        metrics: observe.metrics.then(|| metrics.clone()),
+        access_log: observe.access_log,
     };
     Response::from_parts(parts, finishing.boxed_unsync())
 }
@@ -1034,7 +1081,10 @@ struct Finishing {
     ended: bool,
     /// Reads token counts from the answer as it passes (inference only).
     counter: Option<Counter>,
-    metrics: Arc<Metrics>,
+    /// Where the outcome is counted, when metrics are on.
+    metrics: Option<Arc<Metrics>>,
+    /// Write the access log's line.
+    access_log: bool,
 }
 
 impl Finishing {
@@ -1044,6 +1094,46 @@ impl Finishing {
         };
         let complete = self.ended || http_body::Body::is_end_stream(&self.body);
         let total = record.started.elapsed();
+        let usage = self.counter.as_mut().map(Counter::finish);
+        if let Some(metrics) = &self.metrics {
+            self.count(metrics, &record, complete, total, usage.as_ref());
+        }
+        if self.access_log {
+            let ms = |d: Duration| (d.as_micros() as f64) / 1000.0;
+            let endpoint = endpoint_name(record.endpoint.unwrap_or(Endpoint::Other));
+            tracing::info!(
+                target: "llamagate::access",
+                id = %record.request_id,
+                client = %record.client,
+                method = %record.method,
+                path = %record.path,
+                endpoint,
+                model = record.model_asked.as_deref().unwrap_or(""),
+                served = record.model_served.as_deref().unwrap_or(""),
+                backend = record.backend.as_deref().unwrap_or(""),
+                principal = record.principal.as_deref().unwrap_or(""),
+                status = self.status,
+                duration_ms = ms(total),
+                ttfb_ms = ms(self.head),
+                prompt_tokens = usage.as_ref().and_then(|u| u.prompt_tokens),
+                completion_tokens = usage.as_ref().and_then(|u| u.completion_tokens),
+                bytes = self.bytes,
+                failed_attempts = record.attempts.0.len(),
+                complete,
+                "request"
+            );
+        }
+    }
+
+    /// Counts the outcome in the metrics.
+    fn count(
+        &self,
+        m: &Metrics,
+        record: &Record,
+        complete: bool,
+        total: Duration,
+        usage: Option<&crate::proxy::tokens::Usage>,
+    ) {
         let endpoint = endpoint_name(record.endpoint.unwrap_or(Endpoint::Other));
         // A model no backend listed yet (before the first probe) is a label
         // once a backend answered for it with success: it exists there.
@@ -1055,7 +1145,6 @@ impl Finishing {
             endpoint,
             model: model_label.clone(),
         };
-        let m = &self.metrics;
         m.requests
             .get_or_create(&RequestLabels {
                 endpoint,
@@ -1073,57 +1162,39 @@ impl Finishing {
         if !complete {
             m.cut.get_or_create(&route).inc();
         }
-        let usage = self.counter.as_mut().map(Counter::finish);
-        if let Some(usage) = &usage {
-            if let Some(at) = usage.first_token_at {
-                let ttft = at.saturating_duration_since(record.started);
-                m.first_token
-                    .get_or_create(&route)
-                    .observe(ttft.as_secs_f64());
-                if let Some(out) = usage.completion_tokens.filter(|n| *n > 0) {
-                    let generating = total.saturating_sub(ttft).as_secs_f64();
-                    if generating > 0.0 {
-                        m.tokens_per_second
-                            .get_or_create(&route)
-                            .observe(out as f64 / generating);
-                    }
-                }
-            }
-            for (kind, n) in [
-                ("input", usage.prompt_tokens),
-                ("output", usage.completion_tokens),
-            ] {
-                if let Some(n) = n {
-                    let labels = TokenLabels {
-                        gen_ai_request_model: model_label.clone(),
-                        gen_ai_token_type: kind.to_string(),
-                    };
-                    m.tokens.get_or_create(&labels).inc_by(n);
-                    m.token_usage.get_or_create(&labels).observe(n as f64);
-                }
-            }
+        if let Some(principal) = &record.principal {
+            m.count_principal(principal, status_class(self.status), usage);
         }
-        if !tracing::enabled!(tracing::Level::DEBUG) {
+        let Some(usage) = usage else {
             return;
+        };
+        if let Some(at) = usage.first_token_at {
+            let ttft = at.saturating_duration_since(record.started);
+            m.first_token
+                .get_or_create(&route)
+                .observe(ttft.as_secs_f64());
+            if let Some(out) = usage.completion_tokens.filter(|n| *n > 0) {
+                let generating = total.saturating_sub(ttft).as_secs_f64();
+                if generating > 0.0 {
+                    m.tokens_per_second
+                        .get_or_create(&route)
+                        .observe(out as f64 / generating);
+                }
+            }
         }
-        tracing::debug!(
-            id = %record.request_id,
-            method = %record.method,
-            endpoint = ?record.endpoint.unwrap_or(Endpoint::Other),
-            model = record.model_asked.as_deref().unwrap_or(""),
-            served = record.model_served.as_deref().unwrap_or(""),
-            principal = record.principal.as_deref().unwrap_or(""),
-            backend = record.backend.as_deref().unwrap_or(""),
-            failed_attempts = record.attempts.0.len(),
-            status = self.status,
-            head_us = self.head.as_micros() as u64,
-            total_us = total.as_micros() as u64,
-            bytes = self.bytes,
-            prompt_tokens = usage.as_ref().and_then(|u| u.prompt_tokens),
-            completion_tokens = usage.as_ref().and_then(|u| u.completion_tokens),
-            complete,
-            "request"
-        );
+        for (kind, n) in [
+            ("input", usage.prompt_tokens),
+            ("output", usage.completion_tokens),
+        ] {
+            if let Some(n) = n {
+                let labels = TokenLabels {
+                    gen_ai_request_model: model_label.clone(),
+                    gen_ai_token_type: kind,
+                };
+                m.tokens.get_or_create(&labels).inc_by(n);
+                m.token_usage.get_or_create(&labels).observe(n as f64);
+            }
+        }
     }
 }
 

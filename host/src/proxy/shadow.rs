@@ -98,6 +98,7 @@ impl Shadow {
                     input.fleet,
                     input.body,
                     false,
+                    None,
                 )
                 .await
             {

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::common::*;
 
 /// The value of the sample `name{labels...}` whose labels include all of `with`.
-fn sample(metrics: &str, name: &str, with: &[&str]) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, name: &str, with: &[&str]) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| !l.starts_with('#'))

@@ -364,7 +364,7 @@ async fn at_the_cap_new_connections_are_shed_and_loopback_keeps_headroom() {
     }
     // Full for the public, not for the operator on loopback.
     assert_eq!(request_from(to, Some(public)).await.unwrap_or(503), 503);
-    let status = get(&format!("{}/llamagate/status", proxy.url)).await;
+    let status = get(&format!("{}/llamagate/status", proxy.admin_url())).await;
     assert_eq!(status.status, 200, "{}", status.text());
 
     drop(idle);

@@ -62,6 +62,18 @@ pub fn component(package: &str) -> PathBuf {
     path
 }
 
+/// The value of field `name` in a log line, text (`name=value`) or JSON
+/// (`--log-format json`: `"name":"value"` at the top level).
+pub fn log_field(line: &str, name: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let v: Value = serde_json::from_str(line).ok()?;
+        return v.get(name)?.as_str().map(str::to_string);
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
 /// A running llamagate process; killed on drop.
 pub struct Proxy {
     child: Child,
@@ -159,10 +171,7 @@ impl Proxy {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("address="))
-                {
+                if let Some(addr) = log_field(&line, "address") {
                     let _ = tx.send(addr.to_string());
                 }
                 sink.lock().unwrap().push(line);
@@ -189,11 +198,13 @@ impl Proxy {
     pub fn admin_url(&self) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let found = self.logs.lock().unwrap().iter().find_map(|line| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix("admin_address="))
-                    .map(|a| format!("http://{a}"))
-            });
+            let found = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|line| log_field(line, "admin_address"))
+                .map(|a| format!("http://{a}"));
             if let Some(url) = found {
                 return url;
             }

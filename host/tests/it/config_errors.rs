@@ -97,7 +97,9 @@ async fn a_reload_refused_by_a_plugin_names_the_line_too() {
     proxy.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(20);
     let message = loop {
-        let s = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+        let s = get(&format!("{}/llamagate/status", proxy.admin_url()))
+            .await
+            .json();
         if s["last_reload"]["ok"] == false {
             break s["last_reload"]["message"].as_str().unwrap().to_string();
         }

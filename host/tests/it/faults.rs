@@ -155,7 +155,7 @@ pub async fn try_send(method: Method, url: &str, body: &Value) -> Result<Reply, 
 
 /// The proxy's `/llamagate/status` document.
 pub async fn status(proxy: &Proxy) -> Value {
-    let r = get(&format!("{}/llamagate/status", proxy.url)).await;
+    let r = get(&format!("{}/llamagate/status", proxy.admin_url())).await;
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
 }

@@ -461,7 +461,7 @@ async fn kill_run(variant: &str, policy: &str, tables: &str) -> KillRun {
     // b2's state on status, each change with its time.
     let states: Arc<Mutex<Vec<(Duration, String)>>> = Arc::default();
     let watcher = {
-        let (url, stop, states) = (proxy.url.clone(), stop.clone(), states.clone());
+        let (url, stop, states) = (proxy.admin_url(), stop.clone(), states.clone());
         tokio::spawn(async move {
             let url = format!("{url}/llamagate/status");
             let http = http();

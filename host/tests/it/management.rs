@@ -192,7 +192,9 @@ async fn a_reload_re_probes_the_backends() {
     proxy.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+        let status = get(&format!("{}/llamagate/status", proxy.admin_url()))
+            .await
+            .json();
         let message = status["last_reload"]["message"].as_str().unwrap_or("");
         if message.starts_with("generation 2") {
             break;

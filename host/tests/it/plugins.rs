@@ -388,7 +388,9 @@ async fn a_plugin_built_for_0_2_0_keeps_working() {
     // A listing asks the backends itself; routing waits for the probes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+        let status = get(&format!("{}/llamagate/status", proxy.admin_url()))
+            .await
+            .json();
         let probed = status["backends"]
             .as_array()
             .unwrap()
@@ -444,7 +446,9 @@ async fn a_plugin_built_for_0_2_0_keeps_working() {
         "{}",
         r.text()
     );
-    let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+    let status = get(&format!("{}/llamagate/status", proxy.admin_url()))
+        .await
+        .json();
     assert_eq!(
         status["contracts_served"],
         json!(["0.3.0", "0.2.0", "0.1.0"])
@@ -678,7 +682,9 @@ async fn shadow_chain_decides_without_effect_and_is_counted() {
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+        let status = get(&format!("{}/llamagate/status", proxy.admin_url()))
+            .await
+            .json();
         let shadow = &status["shadow"];
         if shadow["decided"] == 2 {
             assert_eq!(shadow["differed"], 2, "{status}");

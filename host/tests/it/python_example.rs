@@ -320,7 +320,7 @@ async fn python_plugin_authenticates_authorizes_and_filters_per_team() {
     // An operator edits the tokens: the reload reuses the compiled component and
     // runs `init` on fresh instances. A config `init` refuses (its WIT `result`
     // error) is not swapped in; the message is shown and the old policy serves on.
-    let status_url = url("/llamagate/status");
+    let status_url = format!("{}/llamagate/status", proxy.admin_url());
     std::fs::write(
         &config_path,
         config(&a, &b, &wasm, r#"{ teams = { "team-a" = ["llama3.2"] } }"#),

@@ -95,7 +95,7 @@ async fn swaps_under_load_fail_no_request() {
     // Alternate the plugin between two different components (the first swap to
     // each compiles it) and change the default policy's config every time.
     let other = component("least-busy");
-    let status_url = format!("{}/llamagate/status", proxy.url);
+    let status_url = format!("{}/llamagate/status", proxy.admin_url());
     let (mut swap_times, mut took_ms) = (Vec::new(), Vec::new());
     for (i, num_ctx) in [2000, 3000, 4000, 5000].into_iter().enumerate() {
         let plugin = if i % 2 == 0 { &other } else { &hostile };
@@ -133,7 +133,7 @@ async fn a_broken_replacement_leaves_the_old_policy_live() {
     // A plugin file that is not a component: the reload fails, 1000 stays.
     std::fs::write(&plugin, b"\0asm garbage").unwrap();
     std::fs::write(&path, config(&sim.url(), 2000, &plugin)).unwrap();
-    let status_url = format!("{}/llamagate/status", proxy.url);
+    let status_url = format!("{}/llamagate/status", proxy.admin_url());
     let start = Instant::now();
     let status = loop {
         let status = get(&status_url).await.json();

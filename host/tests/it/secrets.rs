@@ -28,7 +28,7 @@ async fn status(proxy: &Proxy, authorization: Option<&str>) -> Reply {
         .unwrap_or_default();
     send(
         Method::GET,
-        &format!("{}/llamagate/status", proxy.url),
+        &format!("{}/llamagate/status", proxy.admin_url()),
         &headers,
         Bytes::new(),
     )
@@ -123,16 +123,33 @@ async fn the_admin_key_is_required_when_configured() {
         assert_no_secret(&format!("{how}: the log"), &proxy.logs());
     }
 
-    // `status = false` turns it off whatever the caller sends.
-    let off = Proxy::with_config(
-        &config(
-            &sim,
-            &format!("status = false\nadmin_key = \"{ADMIN_KEY}\""),
-        ),
+    // The traffic port serves no status by default, whatever the caller sends;
+    // `status = true` serves it there too, behind the same key.
+    let bearer = format!("Bearer {ADMIN_KEY}");
+    let on_traffic = |proxy: &Proxy| format!("{}/llamagate/status", proxy.url);
+    let r = send(
+        Method::GET,
+        &on_traffic(&with_key),
+        &[("authorization", &bearer)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (404, "404 page not found"));
+    let on = Proxy::with_config(
+        &config(&sim, &format!("status = true\nadmin_key = \"{ADMIN_KEY}\"")),
         &[],
     );
-    let r = status(&off, Some(&format!("Bearer {ADMIN_KEY}"))).await;
-    assert_eq!((r.status, r.text().as_str()), (404, "404 page not found"));
+    let r = send(Method::GET, &on_traffic(&on), &[], Bytes::new()).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = send(
+        Method::GET,
+        &on_traffic(&on),
+        &[("authorization", &bearer)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_no_secret("status on the traffic port", &r.text());
 }
 
 /// Polls the status until a reload has failed; returns its message.

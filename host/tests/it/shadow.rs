@@ -20,7 +20,9 @@ async fn chat(proxy: &Proxy, hostile: &str) -> Reply {
 async fn shadow_once_decided(proxy: &Proxy, decided: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+        let status = get(&format!("{}/llamagate/status", proxy.admin_url()))
+            .await
+            .json();
         if status["shadow"]["decided"] == decided {
             return status["shadow"].clone();
         }
@@ -130,7 +132,9 @@ async fn shadow_counts_are_per_generation_and_decisions_read_as_words() {
     proxy.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = get(&format!("{}/llamagate/status", proxy.url)).await.json();
+        let status = get(&format!("{}/llamagate/status", proxy.admin_url()))
+            .await
+            .json();
         if status["generation"] == 2 {
             assert_eq!(
                 status["shadow"]["decided"], 0,
