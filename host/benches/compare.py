@@ -14,6 +14,11 @@ absolute figures. nginx and wrk are installed with apt-get when missing.
 
     cargo build --release -p llamagate && python3 host/benches/compare.py
     ROUNDS=5 SECONDS=5 CONNECTIONS=16 python3 host/benches/compare.py
+
+With OBSERVE=1 it measures the cost of observability instead: two llamagates
+side by side, one with `metrics = false` and `access_log = false`, one with
+both on (the defaults), each at `--level info` with its log written to a file,
+and prints on/off.
 """
 
 import os
@@ -29,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import BIN, ROOT, free_port, wait_listening  # noqa: E402
 
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
+OBSERVE = os.environ.get("OBSERVE") == "1"
 SECONDS = int(os.environ.get("SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "16"))
 
@@ -77,7 +83,15 @@ def wrk(url, method, body, workdir):
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
-    return rps, pct(50), pct(99)
+    done = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, pct(50), pct(99), done
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -88,8 +102,8 @@ def main():
     b1, b2, ng, lg = (free_port() for _ in range(4))
     procs = []
 
-    def start(args, **kw):
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    def start(args, stderr=subprocess.DEVNULL):
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
         procs.append(p)
         return p
 
@@ -123,29 +137,60 @@ http {{
 }}
 """)
         start(["nginx", "-c", conf])
-        start([BIN, "--listen", f"127.0.0.1:{lg}", "--proxy", f"llama3.2=http://127.0.0.1:{b1}",
-               "--proxy", f"qwen2.5:14b=http://127.0.0.1:{b2}", "--level", "error",
-               # nginx limits nothing: neither may llamagate's slots here.
-               "--parallel", "4096"])
-        for port in (b1, b2, ng, lg):
+        def llamagate(port, level, extra_toml, log):
+            conf = os.path.join(work, f"llamagate-{port}.toml")
+            with open(conf, "w") as f:
+                f.write(extra_toml)
+            with open(os.path.join(work, log), "w") as out:
+                return start([BIN, "--config", conf, "--listen", f"127.0.0.1:{port}",
+                       "--admin-listen", "127.0.0.1:0",
+                       "--proxy", f"llama3.2=http://127.0.0.1:{b1}",
+                       "--proxy", f"qwen2.5:14b=http://127.0.0.1:{b2}", "--level", level,
+                       # nginx limits nothing: neither may llamagate's slots here.
+                       "--parallel", "4096"], stderr=out)
+
+        pids = {}
+        if OBSERVE:
+            on = free_port()
+            pids["llamagate"] = llamagate(lg, "info", "metrics = false\naccess_log = false\n", "off.log").pid
+            pids["observed"] = llamagate(on, "info", os.environ.get("OBSERVED_TOML", ""), "on.log").pid
+        else:
+            pids["llamagate"] = llamagate(lg, "error", "", "llamagate.log").pid
+        ports = (b1, b2, ng, lg) + ((on,) if OBSERVE else ())
+        for port in ports:
             wait_listening(port)
         time.sleep(1)
         targets = {"direct": b1, "nginx": ng, "llamagate": lg}
+        if OBSERVE:
+            targets = {"nginx": ng, "llamagate": lg, "observed": on}
         results = {(s, t): [] for s in SCENARIOS for t in targets}
         for scenario, (method, path, body) in SCENARIOS.items():
             for _ in range(ROUNDS):
                 for name, port in targets.items():
-                    results[(scenario, name)].append(wrk(f"http://127.0.0.1:{port}{path}", method, body, work))
+                    before = cpu_seconds(pids[name]) if name in pids else 0.0
+                    rps, p50, p99, done = wrk(f"http://127.0.0.1:{port}{path}", method, body, work)
+                    # CPU per request of llamagate itself: steadier than req/s
+                    # when other work shares the cores.
+                    cpu_us = (cpu_seconds(pids[name]) - before) * 1e6 / done if name in pids else 0.0
+                    results[(scenario, name)].append((rps, p50, p99, cpu_us))
         print(f"{CONNECTIONS} connections, {SECONDS} s per run, medians of {ROUNDS} alternating rounds\n")
-        print(f"{'scenario':22} {'target':10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'scenario':22} {'target':10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>8}")
         for scenario in SCENARIOS:
             med = {}
             for name in targets:
                 runs = results[(scenario, name)]
-                med[name] = tuple(statistics.median(r[i] for r in runs) for i in range(3))
-                rps, p50, p99 = med[name]
-                print(f"{scenario:22} {name:10} {rps:9.0f} {p50:8.3f} {p99:8.3f}")
-            lg_, ng_, d_ = med["llamagate"], med["nginx"], med["direct"]
+                med[name] = tuple(statistics.median(r[i] for r in runs) for i in range(4))
+                rps, p50, p99, cpu_us = med[name]
+                cpu = f"{cpu_us:8.1f}" if name in pids else ""
+                print(f"{scenario:22} {name:10} {rps:9.0f} {p50:8.3f} {p99:8.3f} {cpu}")
+            lg_, ng_ = med["llamagate"], med["nginx"]
+            if OBSERVE:
+                ob = med["observed"]
+                print(f"{'':22} observed/off: req/s x{ob[0] / lg_[0]:.3f}, CPU per request x{ob[3] / lg_[3]:.3f}, "
+                      f"p50 {ob[1] - lg_[1]:+.3f} ms, "
+                      f"p99 {ob[2] - lg_[2]:+.3f} ms; observed/nginx x{ob[0] / ng_[0]:.2f}\n")
+                continue
+            d_ = med["direct"]
             print(f"{'':22} llamagate/nginx: req/s x{lg_[0] / ng_[0]:.2f}, p99 {lg_[2] - ng_[2]:+.3f} ms; "
                   f"llamagate/direct: req/s x{lg_[0] / d_[0]:.2f}\n")
     finally:

@@ -30,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod fleet;
 pub mod log_limit;
+pub mod log_sink;
 pub mod plugin;
 pub mod policy;
 pub mod proxy;

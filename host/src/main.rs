@@ -25,7 +25,7 @@ async fn main() -> std::process::ExitCode {
     };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(llamagate::log_sink::Sink);
     match format {
         LogFormat::Text => logs
             .with_target(false)
@@ -37,7 +37,10 @@ async fn main() -> std::process::ExitCode {
             .with_current_span(false)
             .init(),
     }
-    match run(cli).await {
+    llamagate::log_sink::start_flusher();
+    let outcome = run(cli).await;
+    llamagate::log_sink::flush();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("llamagate: {err:#}");

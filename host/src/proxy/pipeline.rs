@@ -1102,15 +1102,18 @@ impl Finishing {
             let ms = |d: Duration| (d.as_micros() as f64) / 1000.0;
             let endpoint = endpoint_name(record.endpoint.unwrap_or(Endpoint::Other));
             tracing::info!(
-                target: "llamagate::access",
+                target: crate::log_sink::ACCESS_TARGET,
                 id = %record.request_id,
                 client = %record.client,
                 method = %record.method,
                 path = %record.path,
-                endpoint,
+                endpoint = %endpoint,
+                // What a client or a plugin wrote is quoted and escaped (a
+                // newline in a model name must not forge a line); llamagate's
+                // own words and the operator's ids are not.
                 model = record.model_asked.as_deref().unwrap_or(""),
                 served = record.model_served.as_deref().unwrap_or(""),
-                backend = record.backend.as_deref().unwrap_or(""),
+                backend = %record.backend.as_deref().unwrap_or(""),
                 principal = record.principal.as_deref().unwrap_or(""),
                 status = self.status,
                 duration_ms = ms(total),

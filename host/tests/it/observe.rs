@@ -77,10 +77,10 @@ async fn the_access_log_has_a_line_per_request_with_what_was_asked_and_served() 
         "client=127.0.0.1:",
         "method=POST",
         "path=/api/chat",
-        "endpoint=\"chat\"",
+        "endpoint=chat ",
         "model=\"gpt-4o\"",
         "served=\"llama3.2\"",
-        "backend=\"b1\"",
+        "backend=b1 ",
         "status=200",
         "ttfb_ms=",
         "duration_ms=",
@@ -95,6 +95,23 @@ async fn the_access_log_has_a_line_per_request_with_what_was_asked_and_served() 
     assert!(second.contains("model=\"nobody-has-it\""), "{second}");
     // Exactly one line per request.
     assert_eq!(lines.iter().filter(|l| l.contains("id=trace-1")).count(), 1);
+
+    // A client's model name cannot forge a line of its own.
+    let r = post_with(
+        &chat,
+        &[("x-request-id", "trace-3")],
+        &json!({"model":"x\n2026-01-01T00:00:00Z  INFO request id=forged status=200","messages":[]}),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let lines = access_lines(&proxy, 3);
+    let third = lines.iter().find(|l| l.contains("id=trace-3")).unwrap();
+    assert!(third.contains("model=\"x\\n2026"), "{third}");
+    assert!(
+        !proxy.logs().lines().any(|l| l.starts_with("2026-01-01")),
+        "{}",
+        proxy.logs()
+    );
 }
 
 #[tokio::test]
