@@ -31,6 +31,7 @@ pub mod config;
 pub mod fleet;
 pub mod log_limit;
 pub mod log_sink;
+pub mod metrics;
 pub mod plugin;
 pub mod policy;
 pub mod proxy;

@@ -6,7 +6,7 @@
 //! - `GET /readyz`: 200 when a configuration is loaded and at least one
 //!   backend is up or half-open; else 503 naming why (readiness: a load
 //!   balancer or Kubernetes sends no traffic to a llamagate that cannot serve).
-//! - `GET /metrics`: Prometheus metrics ([`crate::proxy::metrics`]).
+//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
 //! - `GET /llamagate/status`: the status document ([`crate::admin::status`]).
 //!
 //! With an admin key configured, `/metrics` and `/llamagate/status` ask for
@@ -84,7 +84,7 @@ fn readiness(gateway: &Gateway) -> Response<ResponseBody> {
 
 /// The metrics, with the fleet's gauges read now.
 fn metrics(gateway: &Gateway) -> Response<ResponseBody> {
-    use crate::proxy::metrics::{BackendLabels, StateLabels};
+    use crate::metrics::{BackendLabels, StateLabels};
     let generation = gateway.current();
     let m = &gateway.metrics;
     let admission = generation.fleet.admission();

@@ -107,7 +107,7 @@ impl Reloader {
         self.gateway
             .metrics
             .reloads
-            .get_or_create(&crate::proxy::metrics::OutcomeLabels {
+            .get_or_create(&crate::metrics::OutcomeLabels {
                 outcome: outcome.into(),
             })
             .inc();

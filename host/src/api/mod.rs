@@ -31,6 +31,7 @@
 //! | `/v1/responses` inflates `Content-Encoding: zstd` bodies | a request body with any `Content-Encoding` other than `identity` is refused with 415 on endpoints whose body llamagate reads | `it::bypass::compressed_bodies_are_refused` |
 
 pub mod body;
+pub mod cors;
 pub mod endpoint;
 pub mod error;
 pub mod form;

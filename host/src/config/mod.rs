@@ -77,7 +77,7 @@ pub struct Config {
     pub access_log: bool,
     /// Origins browsers may call from (`origins`, `--origins`,
     /// `LLAMAGATE_ORIGINS`, `OLLAMA_ORIGINS`), with Ollama's defaults.
-    pub cors: crate::proxy::cors::Cors,
+    pub cors: crate::api::cors::Cors,
     /// The key `/llamagate/status` callers must present (`admin_key`,
     /// `admin_key_file`, `LLAMAGATE_ADMIN_KEY`); `None`: loopback callers only.
     pub admin_key: Option<AdminKey>,
@@ -532,7 +532,7 @@ impl Config {
             status: file.status.unwrap_or(false),
             metrics: file.metrics.unwrap_or(true),
             access_log: file.access_log.unwrap_or(true),
-            cors: crate::proxy::cors::Cors::new(
+            cors: crate::api::cors::Cors::new(
                 &file
                     .origins
                     .clone()

@@ -24,10 +24,10 @@ use crate::api::body::render;
 use crate::api::error::GatewayError;
 use crate::config::OnFailure;
 use crate::log_limit::LogLimiter;
+use crate::metrics::{Metrics, PluginFailureLabels, PluginLabels};
 use crate::plugin::{
     Decision, Edits, Facts, Header, ListedModel, OptionEntry, Plugin, PluginError, Reply, Request,
 };
-use crate::proxy::metrics::{Metrics, PluginFailureLabels, PluginLabels};
 
 /// One "skipped (on_failure = open)" line per plugin and kind every 10 s.
 static SKIPPED: LogLimiter = LogLimiter::new(Duration::from_secs(10));

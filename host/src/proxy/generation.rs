@@ -35,7 +35,7 @@ pub struct Settings {
     /// Metrics and the access log, each on or off.
     pub observe: Observe,
     /// The origins browsers may call from.
-    pub cors: crate::proxy::cors::Cors,
+    pub cors: crate::api::cors::Cors,
 }
 
 /// Which observations each request costs (`metrics`, `access_log`).

@@ -17,12 +17,10 @@
 //! - [`record`]: requests written to a file for `llamagate plugin replay`.
 
 pub mod body_pace;
-pub mod cors;
 pub mod fanout;
 pub mod fleetwide;
 pub mod generation;
 pub mod listing_cache;
-pub mod metrics;
 pub mod model_change;
 pub mod pipeline;
 pub mod record;

@@ -33,6 +33,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::api::body;
+use crate::api::cors;
 use crate::api::endpoint::{
     classify as classify_path, ApiStyle, Classified, Endpoint, Handling, ModelAt, Rejection,
 };
@@ -41,12 +42,11 @@ use crate::api::intake::{self, body_error, Intake};
 use crate::config::fleet::Failover;
 use crate::fleet::admission::{Admission, Ask, Permit, Refusal};
 use crate::fleet::{BackendState, Fleet, InFlight, Pass};
+use crate::metrics::{status_class, Metrics, RequestLabels, RouteLabels, TokenLabels};
 use crate::plugin::{Facts, Header};
 use crate::policy::{Outcome, Plan};
 use crate::proxy::body_pace::{paced, BodyDeadline, BodyTimeout};
-use crate::proxy::cors;
 use crate::proxy::generation::{Generation, Observe};
-use crate::proxy::metrics::{status_class, Metrics, RequestLabels, RouteLabels, TokenLabels};
 use crate::proxy::model_change;
 use crate::proxy::relay::{Framing, Relay};
 use crate::proxy::shadow::ShadowInput;
@@ -89,7 +89,7 @@ pub async fn handle(
         cors::Check::Preflight(ref origin) => settings.cors.preflight(origin.clone()),
         cors::Check::NotCors | cors::Check::Allowed(_) => {
             // llamagate has decided the origin: the backend's own list must
-            // not refuse it (see `proxy::cors`).
+            // not refuse it (see `api::cors`).
             request.headers_mut().remove(header::ORIGIN);
             match serve(gateway, &generation, request, client, &mut record).await {
                 Ok(response) => response,
@@ -1166,7 +1166,8 @@ impl Finishing {
             m.cut.get_or_create(&route).inc();
         }
         if let Some(principal) = &record.principal {
-            m.count_principal(principal, status_class(self.status), usage);
+            let tokens = usage.map_or((None, None), |u| (u.prompt_tokens, u.completion_tokens));
+            m.count_principal(principal, status_class(self.status), tokens);
         }
         let Some(usage) = usage else {
             return;

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::metrics::Metrics;
 use crate::proxy::generation::Generation;
-use crate::proxy::metrics::Metrics;
 use crate::proxy::record::Recorder;
 use crate::proxy::shadow::Shadow;
 use crate::upstream::Upstream;

@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The areas, lowest first: each may use only those before it.
-const ORDER: [&str; 11] = [
+const ORDER: [&str; 13] = [
     "log_limit",
+    "log_sink",
+    "metrics",
     "plugin",
     "upstream",
     "api",

@@ -206,7 +206,7 @@ async fn each_request_is_recorded_once_when_its_response_ends() {
         let logs = proxy.logs();
         let records: Vec<String> = logs
             .lines()
-            .filter(|l| l.contains(" request ") && l.contains("endpoint=Endpoint::Chat"))
+            .filter(|l| l.contains(" request ") && l.contains("endpoint=chat "))
             .map(str::to_string)
             .collect();
         if records.len() >= 2 || Instant::now() > deadline {

@@ -304,13 +304,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a request and its tokens for `principal` (bounded: see
-    /// [`MAX_PRINCIPALS`]).
+    /// Counts a request and its tokens (`(input, output)`, when the answer
+    /// said) for `principal` (bounded: see [`MAX_PRINCIPALS`]).
     pub fn count_principal(
         &self,
         principal: &str,
         status: &'static str,
-        usage: Option<&crate::proxy::tokens::Usage>,
+        tokens: (Option<u64>, Option<u64>),
     ) {
         let principal = {
             let mut known = self.principals.lock().unwrap_or_else(|e| e.into_inner());
@@ -329,13 +329,7 @@ impl Metrics {
                 status,
             })
             .inc();
-        let Some(usage) = usage else {
-            return;
-        };
-        for (kind, n) in [
-            ("input", usage.prompt_tokens),
-            ("output", usage.completion_tokens),
-        ] {
+        for (kind, n) in [("input", tokens.0), ("output", tokens.1)] {
             if let Some(n) = n {
                 self.principal_tokens
                     .get_or_create(&PrincipalTokenLabels {
