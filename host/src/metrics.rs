@@ -146,6 +146,9 @@ pub struct Metrics {
     pub backend_queued: Family<BackendLabels, Gauge>,
     /// `llamagate_queue_depth`
     pub queue_depth: Gauge,
+    /// `llamagate_queue_wait_seconds`: each admitted request's wait for a slot
+    /// (zero when one was free).
+    pub queue_wait: Histogram,
     /// `llamagate_queue_refused_total` (as counted by the queue, set when scraped).
     pub queue_refused: Gauge<u64, AtomicU64>,
     /// `llamagate_principal_requests_total`
@@ -196,6 +199,12 @@ impl Default for Metrics {
             backend_in_flight: Family::default(),
             backend_queued: Family::default(),
             queue_depth: Gauge::default(),
+            queue_wait: Histogram::new(
+                [
+                    0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                ]
+                .into_iter(),
+            ),
             queue_refused: Gauge::default(),
             principal_requests: Family::default(),
             principal_tokens: Family::default(),
@@ -273,6 +282,11 @@ impl Default for Metrics {
             "llamagate_queue_depth",
             "Requests waiting for a slot",
             m.queue_depth.clone(),
+        );
+        r.register(
+            "llamagate_queue_wait_seconds",
+            "Each admitted request's wait for a backend slot (0 when one was free)",
+            m.queue_wait.clone(),
         );
         r.register(
             "llamagate_queue_refused",

@@ -683,9 +683,16 @@ pub async fn forward(
     let mut order = TryOrder::new(candidates);
     let mut resent_same = false;
     let admission = generation.fleet.admission();
+    let metered = generation.settings.observe.metrics;
     while let Some((backend, pass, last, permit)) =
         order.next(admission, outgoing.slot.as_ref()).await?
     {
+        if let (true, Some(permit)) = (metered, &permit) {
+            gateway
+                .metrics
+                .queue_wait
+                .observe(permit.waited().as_secs_f64());
+        }
         let body: RequestBody = match (&outgoing.body, outgoing.upload.take()) {
             (Some(bytes), _) => full_request_body(bytes.clone()),
             (None, Some(upload)) => upload,

@@ -279,6 +279,12 @@ async fn plugin_decision_times_failures_and_principals_are_counted() {
         .is_some_and(|n| n > 0.0),
         "{m}"
     );
+    // The two admitted requests took a slot without waiting.
+    assert_eq!(
+        sample(&m, "llamagate_queue_wait_seconds_bucket", &["le=\"0.0\""]),
+        Some(2.0),
+        "{m}"
+    );
     // The log names the principal, never the token.
     let lines = access_lines(&proxy, 2);
     assert!(
