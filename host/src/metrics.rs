@@ -199,12 +199,9 @@ impl Default for Metrics {
             backend_in_flight: Family::default(),
             backend_queued: Family::default(),
             queue_depth: Gauge::default(),
-            queue_wait: Histogram::new(
-                [
-                    0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-                ]
-                .into_iter(),
-            ),
+            queue_wait: Histogram::new([
+                0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ]),
             queue_refused: Gauge::default(),
             principal_requests: Family::default(),
             principal_tokens: Family::default(),
