@@ -106,6 +106,9 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// `llamagate_queue_refused_total` (as counted by the queue, set when scraped).
     pub queue_refused: Gauge<u64, AtomicU64>,
+    /// Not Prometheus: the last failed requests and counts per model, for
+    /// the status page ([`crate::proxy::recent`]), fed where these are.
+    pub recent: crate::proxy::recent::Recent,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -144,6 +147,7 @@ impl Default for Metrics {
             backend_queued: Family::default(),
             queue_depth: Gauge::default(),
             queue_refused: Gauge::default(),
+            recent: Default::default(),
         };
         let r = &mut m.registry;
         r.register(

@@ -1103,6 +1103,18 @@ impl Finishing {
                 }
             }
         }
+        m.recent.add(crate::proxy::recent::Outcome {
+            id: &record.request_id,
+            endpoint,
+            label: &model_label,
+            served: record.model_served.as_deref(),
+            asked: record.model_asked.as_deref(),
+            backend: record.backend.as_deref(),
+            status: self.status,
+            complete,
+            attempts: Some(&record.attempts),
+            usage,
+        });
         if !tracing::enabled!(tracing::Level::DEBUG) {
             return;
         }

@@ -1,6 +1,7 @@
 //! Integration tests: the real `llamagate` binary over real sockets, in front of
 //! simulated Ollama servers. One binary, a module per topic.
 
+mod browser;
 mod common;
 mod faults;
 
@@ -32,4 +33,5 @@ mod reload;
 mod routing;
 mod secrets;
 mod shadow;
+mod status_page;
 mod streaming;
