@@ -15,6 +15,7 @@ mod clients;
 mod command_line;
 mod config;
 mod config_errors;
+mod deploy;
 mod errors;
 mod examples;
 mod failover;
