@@ -8,10 +8,13 @@
 //!   balancer or Kubernetes sends no traffic to a llamagate that cannot serve).
 //! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
 //! - `GET /llamagate/status`: the status document ([`crate::admin::status`]).
+//! - `GET /` and `/status`: the status page, which renders that document live
+//!   ([`crate::admin::page`]; its own assets `/status.js`, `/status.css`).
 //!
 //! With an admin key configured, `/metrics` and `/llamagate/status` ask for
 //! it (`Authorization: Bearer KEY`, else 401); the two health paths never do
-//! (probes cannot always send headers, and they reveal nothing). Nothing
+//! (probes cannot always send headers, and they reveal nothing), nor does
+//! the page, which holds no data: its script sends the key. Nothing
 //! answered here holds a secret.
 
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -54,11 +57,10 @@ pub fn answer(
                 _ => status::response(gateway),
             }
         }
-        "/" => text_response(
-            StatusCode::OK,
-            "llamagate admin: /livez /readyz /metrics /llamagate/status",
-        ),
-        _ => text_response(StatusCode::NOT_FOUND, "404 page not found"),
+        _ => match crate::admin::page::asset(path) {
+            Some(page) => page,
+            None => text_response(StatusCode::NOT_FOUND, "404 page not found"),
+        },
     }
 }
 

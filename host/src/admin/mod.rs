@@ -3,5 +3,6 @@
 //! the [`crate::proxy::state::Gateway`]; the data path never depends on them.
 
 pub mod endpoint;
+pub mod page;
 pub mod reload;
 pub mod status;

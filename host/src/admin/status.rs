@@ -1,8 +1,10 @@
 //! `GET /llamagate/status`: what llamagate is running right now, for operators.
 //!
 //! The plugin chain (and shadow chain) in force, the outcome of the last reload
-//! (with the failing plugin's own message), shadow agreement counts, and each
-//! backend's health, models and requests in flight.
+//! (with the failing plugin's own message), shadow agreement counts, each
+//! backend's health, models and requests in flight, and since start
+//! ([`crate::proxy::recent`]) the last failed requests and the requests and
+//! tokens of each model.
 //!
 //! Who may ask: without an admin key, only clients on a loopback address;
 //! everyone else gets the 404 of an unknown path, so the endpoint is not even
@@ -133,16 +135,23 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
                 "queued": load.queued,
                 "in_flight": b.in_flight,
                 "models": b.models,
+                "version": b.version,
                 "loaded": b.loaded.iter().map(|l| json!({
-                    "name": l.name, "context_length": l.context_length, "size_vram": l.size_vram
+                    "name": l.name, "context_length": l.context_length,
+                    "size": l.size, "size_vram": l.size_vram, "expires_in_secs": l.expires_in_secs,
                 })).collect::<Vec<_>>(),
             })
         })
         .collect();
+    let in_flight: u64 = backends
+        .iter()
+        .filter_map(|b| b["in_flight"].as_u64())
+        .sum();
     // This generation's counts (a reload starts them at zero).
     let stats = gateway.shadow.stats();
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "now_ms": crate::proxy::recent::unix_ms(),
         "generation": generation.number,
         "plugins": generation.chain.names(),
         "contracts_served": crate::plugin::CONTRACTS,
@@ -174,7 +183,10 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
             "refused_full": queue.refused.queue_full,
             "refused_timed_out": queue.refused.timed_out,
         },
+        "in_flight": in_flight,
         "backends": backends,
+        // Since start, across reloads: requests, failures, tokens per model.
+        "recent": gateway.recent.snapshot(),
     });
     json(StatusCode::OK, &body, false)
 }

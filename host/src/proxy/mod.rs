@@ -14,6 +14,8 @@
 //! - [`fleetwide`]: a pull or delete sent to every backend chosen for it.
 //! - [`body_pace`]: the pace a request body must keep.
 //! - [`metrics`]: Prometheus metrics, counted as requests finish.
+//! - [`recent`]: the last failed requests and counts per model, for the
+//!   status page, kept beside the metrics.
 //! - [`record`]: requests written to a file for `llamagate plugin replay`.
 
 pub mod body_pace;
@@ -23,6 +25,7 @@ pub mod generation;
 pub mod listing_cache;
 pub mod model_change;
 pub mod pipeline;
+pub mod recent;
 pub mod record;
 pub mod relay;
 pub mod rename;

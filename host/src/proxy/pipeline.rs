@@ -104,7 +104,7 @@ pub async fn handle(
     if !observe.metrics && !observe.access_log {
         return response;
     }
-    finish(record, response, &gateway.metrics, observe)
+    finish(record, response, gateway, observe)
 }
 
 /// The client's `x-request-id` when it is one value of 1 to 128 visible
@@ -1049,7 +1049,7 @@ impl Record {
 pub fn finish(
     record: Record,
     response: Response<ResponseBody>,
-    metrics: &Arc<Metrics>,
+    gateway: &Gateway,
     observe: Observe,
 ) -> Response<ResponseBody> {
     let (parts, body) = response.into_parts();
@@ -1071,7 +1071,9 @@ pub fn finish(
         bytes: 0,
         ended: false,
         counter,
-        metrics: observe.metrics.then(|| metrics.clone()),
+        metrics: observe
+            .metrics
+            .then(|| (gateway.metrics.clone(), gateway.recent.clone())),
         access_log: observe.access_log,
     };
     Response::from_parts(parts, finishing.boxed_unsync())
@@ -1088,8 +1090,9 @@ struct Finishing {
     ended: bool,
     /// Reads token counts from the answer as it passes (inference only).
     counter: Option<Counter>,
-    /// Where the outcome is counted, when metrics are on.
-    metrics: Option<Arc<Metrics>>,
+    /// Where the outcome is counted (and kept for the status page), when
+    /// metrics are on.
+    metrics: Option<(Arc<Metrics>, Arc<crate::proxy::recent::Recent>)>,
     /// Write the access log's line.
     access_log: bool,
 }
@@ -1102,8 +1105,20 @@ impl Finishing {
         let complete = self.ended || http_body::Body::is_end_stream(&self.body);
         let total = record.started.elapsed();
         let usage = self.counter.as_mut().map(Counter::finish);
-        if let Some(metrics) = &self.metrics {
-            self.count(metrics, &record, complete, total, usage.as_ref());
+        if let Some((metrics, recent)) = &self.metrics {
+            let label = self.count(metrics, &record, complete, total, usage.as_ref());
+            recent.add(crate::proxy::recent::Outcome {
+                id: &record.request_id,
+                endpoint: endpoint_name(record.endpoint.unwrap_or(Endpoint::Other)),
+                label: &label,
+                served: record.model_served.as_deref(),
+                asked: record.model_asked.as_deref(),
+                backend: record.backend.as_deref(),
+                status: self.status,
+                complete,
+                attempts: Some(&record.attempts),
+                usage,
+            });
         }
         if self.access_log {
             let ms = |d: Duration| (d.as_micros() as f64) / 1000.0;
@@ -1143,7 +1158,7 @@ impl Finishing {
         complete: bool,
         total: Duration,
         usage: Option<&crate::proxy::tokens::Usage>,
-    ) {
+    ) -> String {
         let endpoint = endpoint_name(record.endpoint.unwrap_or(Endpoint::Other));
         // A model no backend listed yet (before the first probe) is a label
         // once a backend answered for it with success: it exists there.
@@ -1177,7 +1192,7 @@ impl Finishing {
             m.count_principal(principal, status_class(self.status), tokens);
         }
         let Some(usage) = usage else {
-            return;
+            return model_label;
         };
         if let Some(at) = usage.first_token_at {
             let ttft = at.saturating_duration_since(record.started);
@@ -1206,6 +1221,7 @@ impl Finishing {
                 m.token_usage.get_or_create(&labels).observe(n as f64);
             }
         }
+        model_label
     }
 }
 

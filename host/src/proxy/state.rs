@@ -41,6 +41,9 @@ pub struct Gateway {
     pub recorder: Option<Recorder>,
     /// The metrics (kept across reloads).
     pub metrics: Arc<Metrics>,
+    /// The last failed requests and counts per model, for the status page
+    /// (kept across reloads; fed with the metrics).
+    pub recent: Arc<crate::proxy::recent::Recent>,
 }
 
 impl Gateway {
@@ -54,6 +57,7 @@ impl Gateway {
             last_reload: Mutex::new(None),
             recorder,
             metrics: Arc::default(),
+            recent: Arc::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real `llamagate` binary over real sockets, in front of
 //! simulated Ollama servers. One binary, a module per topic.
 
+mod browser;
 mod common;
 mod faults;
 
@@ -15,6 +16,7 @@ mod command_line;
 mod config;
 mod config_errors;
 mod cors;
+mod deploy;
 mod errors;
 mod examples;
 mod failover;
@@ -34,4 +36,5 @@ mod reload;
 mod routing;
 mod secrets;
 mod shadow;
+mod status_page;
 mod streaming;
