@@ -78,6 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ = llamagate::server::shutdown_signal() => Ok(()),
             }
         }
+        Some(Command::Keys(command)) => llamagate::cli::keys(command, cli.serve.config),
         Some(Command::Plugin(command)) => {
             let config = match &command {
                 PluginCommand::Test { config, .. } => config.clone().or(cli.serve.config),

@@ -11,10 +11,11 @@
 //! - `GET /` and `/status`: the status page, which renders that document live
 //!   ([`crate::admin::page`]; its own assets `/status.js`, `/status.css`).
 //!
-//! With an admin key configured, `/metrics` and `/llamagate/status` ask for
-//! it (`Authorization: Bearer KEY`, else 401); the two health paths never do
-//! (probes cannot always send headers, and they reveal nothing), nor does
-//! the page, which holds no data: its script sends the key. Nothing
+//! With an admin key (or an admin-scoped `[policy.keys]` entry) configured,
+//! `/metrics` and `/llamagate/status` ask for one (`Authorization: Bearer KEY`,
+//! else 401); the two health paths never do (probes cannot always send
+//! headers, and they reveal nothing), nor does the page, which holds no
+//! data: its script sends the key. Nothing
 //! answered here holds a secret.
 
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -42,15 +43,13 @@ pub fn answer(
         "/livez" => text_response(StatusCode::OK, "ok"),
         "/readyz" => readiness(gateway),
         "/metrics" | status::PATH => {
-            let key = gateway.current().settings.admin_key.clone();
-            if let Some(key) = key {
-                if !status::presents(&key, headers) {
-                    let mut refused = text_response(StatusCode::UNAUTHORIZED, "401 unauthorized");
-                    refused
-                        .headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                    return refused;
-                }
+            let admin = gateway.current().settings.admin.clone();
+            if admin.guarded() && !status::presents(&admin, headers) {
+                let mut refused = text_response(StatusCode::UNAUTHORIZED, "401 unauthorized");
+                refused
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return refused;
             }
             match path {
                 "/metrics" => metrics(gateway),

@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use crate::config::AdminKey;
+use crate::config::AdminAccess;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 
@@ -42,24 +42,25 @@ pub enum Access {
 }
 
 /// Decides whether `client`, sending `headers`, may read the status.
-pub fn access(key: Option<&AdminKey>, client: SocketAddr, headers: &HeaderMap) -> Access {
-    match key {
-        None if client.ip().to_canonical().is_loopback() => Access::Allowed,
-        None => Access::Hidden,
-        Some(key) => match presents(key, headers) {
+pub fn access(admin: &AdminAccess, client: SocketAddr, headers: &HeaderMap) -> Access {
+    match admin.guarded() {
+        false if client.ip().to_canonical().is_loopback() => Access::Allowed,
+        false => Access::Hidden,
+        true => match presents(admin, headers) {
             true => Access::Allowed,
             false => Access::Unauthorized,
         },
     }
 }
 
-/// Whether `headers` carry `Authorization: Bearer KEY` for `key`.
-pub fn presents(key: &AdminKey, headers: &HeaderMap) -> bool {
+/// Whether `headers` carry `Authorization: Bearer KEY` for the admin key or
+/// an admin-scoped `[policy.keys]` entry in force.
+pub fn presents(admin: &AdminAccess, headers: &HeaderMap) -> bool {
     headers
         .get_all(header::AUTHORIZATION)
         .iter()
         .filter_map(|v| bearer(v.as_bytes()))
-        .any(|token| key.matches(token))
+        .any(|token| admin.admits(token))
 }
 
 /// The token of `Bearer TOKEN` (scheme case-insensitive, RFC 9110 §11.1).
@@ -90,7 +91,7 @@ pub fn answer(
     let generation = gateway.current();
     let settings = &generation.settings;
     let decided = match settings.status {
-        true => access(settings.admin_key.as_ref(), client, headers),
+        true => access(&settings.admin, client, headers),
         false => Access::Hidden,
     };
     match decided {
@@ -194,6 +195,7 @@ pub fn response(gateway: &Gateway) -> http::Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AdminKey, AdminKeys};
 
     fn headers(authorization: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -208,7 +210,7 @@ mod tests {
         let none = headers(&[]);
         for client in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
             assert_eq!(
-                access(None, client.parse().unwrap(), &none),
+                access(&AdminAccess::default(), client.parse().unwrap(), &none),
                 Access::Allowed,
                 "{client}"
             );
@@ -220,7 +222,7 @@ mod tests {
             "[::ffff:10.0.0.1]:1",
         ] {
             assert_eq!(
-                access(None, client.parse().unwrap(), &none),
+                access(&AdminAccess::default(), client.parse().unwrap(), &none),
                 Access::Hidden,
                 "{client}"
             );
@@ -228,14 +230,21 @@ mod tests {
         // A header does not help when no key is configured.
         let sent = headers(&["Bearer anything"]);
         assert_eq!(
-            access(None, "10.0.0.7:5000".parse().unwrap(), &sent),
+            access(
+                &AdminAccess::default(),
+                "10.0.0.7:5000".parse().unwrap(),
+                &sent
+            ),
             Access::Hidden
         );
     }
 
     #[test]
     fn with_a_key_every_caller_must_present_it() {
-        let key = AdminKey::new("s3cret-admin").unwrap();
+        let admin = AdminAccess {
+            key: Some(AdminKey::new("s3cret-admin").unwrap()),
+            ..AdminAccess::default()
+        };
         let remote: SocketAddr = "203.0.113.9:4000".parse().unwrap();
         let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         for (sent, want) in [
@@ -251,12 +260,70 @@ mod tests {
         ] {
             for client in [remote, local] {
                 assert_eq!(
-                    access(Some(&key), client, &headers(&sent)),
+                    access(&admin, client, &headers(&sent)),
                     want,
                     "{sent:?} from {client}"
                 );
             }
         }
+    }
+
+    #[test]
+    fn admin_scoped_policy_keys_open_it_while_in_force() {
+        use llamagate_sdk::keys::sha256_hex;
+        let policy: toml::Table = toml::from_str(&format!(
+            r#"
+            [keys.root]
+            hash = "sha256:{}"
+            scopes = ["admin"]
+            [keys.app]
+            hash = "sha256:{}"
+            [keys.old]
+            hash = "SHA256:{}"
+            scopes = ["inference", "admin"]
+            expires = "2020-01-01"
+            [keys.gone]
+            hash = "sha256:{}"
+            scopes = ["admin"]
+            disabled = true
+            "#,
+            sha256_hex("lg_root"),
+            sha256_hex("lg_app"),
+            sha256_hex("lg_old").to_uppercase(),
+            sha256_hex("lg_gone"),
+        ))
+        .unwrap();
+        let admin = AdminAccess {
+            key: None,
+            keys: AdminKeys::from_policy(&policy).unwrap(),
+        };
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        for (sent, want) in [
+            (vec![], Access::Unauthorized),
+            (vec!["Bearer lg_root"], Access::Allowed),
+            (vec!["Bearer lg_app"], Access::Unauthorized),
+            (vec!["Bearer lg_old"], Access::Unauthorized),
+            (vec!["Bearer lg_gone"], Access::Unauthorized),
+            (vec!["Bearer lg_roo"], Access::Unauthorized),
+        ] {
+            assert_eq!(access(&admin, local, &headers(&sent)), want, "{sent:?}");
+        }
+        // Only revoked and expired admin keys left: still locked, not open.
+        let revoked: toml::Table = toml::from_str(&format!(
+            "[keys.root]\nhash = \"sha256:{}\"\nscopes = [\"admin\"]\ndisabled = true\n",
+            sha256_hex("lg_root")
+        ))
+        .unwrap();
+        let admin = AdminAccess {
+            key: None,
+            keys: AdminKeys::from_policy(&revoked).unwrap(),
+        };
+        assert_eq!(access(&admin, local, &headers(&[])), Access::Unauthorized);
+        let bad: toml::Table =
+            toml::from_str("[keys.r]\nhash = \"lg_plaintext\"\nscopes = [\"admin\"]\n").unwrap();
+        let err = format!("{:#}", AdminKeys::from_policy(&bad).unwrap_err());
+        assert!(err.starts_with("policy.keys.\"r\".hash: must be"), "{err}");
+        assert!(!err.contains("lg_plaintext"), "{err}");
     }
 
     #[test]

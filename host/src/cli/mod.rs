@@ -2,6 +2,7 @@
 //! (`GOLLAMAS_*`) as well as llamagate's own (`LLAMAGATE_*`).
 
 pub mod demo;
+pub mod keys_cmd;
 pub mod plugin_cmd;
 
 use std::path::PathBuf;
@@ -37,6 +38,99 @@ pub enum Command {
     /// Check a plugin, or replay recorded requests through it.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Create, list or revoke the default policy's API keys ([policy.keys] in
+    /// the config file; a running llamagate reloads with the change).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `llamagate keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a key, write its SHA-256 into the config file, and print the key
+    /// (once: only its hash is kept).
+    Create {
+        /// The key's name: shown in logs and metrics, the queue's fairness key.
+        name: String,
+        /// What it may do: inference, manage, admin (repeatable) [default: inference].
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// A model it may use (repeatable; aliases too) [default: every model].
+        #[arg(long = "model", value_name = "MODEL")]
+        models: Vec<String>,
+        /// When it stops working: a duration from now (30d, 12h), a date
+        /// (2027-01-01, midnight UTC) or an RFC 3339 time [default: never].
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+        /// The config file (llamagate.toml) to write the key into.
+        #[arg(long, short = 'c', env = "LLAMAGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// List the keys: name, scopes, models, expiry, state (never a key or a whole hash).
+    List {
+        /// The config file (llamagate.toml).
+        #[arg(long, short = 'c', env = "LLAMAGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Revoke a key: `disabled = true` in its entry, which stays.
+    Revoke {
+        /// The key's name.
+        name: String,
+        /// The config file (llamagate.toml).
+        #[arg(long, short = 'c', env = "LLAMAGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs `llamagate keys ...`; `fallback` is a `--config` given before `keys`.
+/// The new key is the only thing printed on stdout; the rest goes to stderr.
+pub fn keys(command: KeysCommand, fallback: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::Write;
+    match command {
+        KeysCommand::Create {
+            name,
+            scopes,
+            models,
+            expires,
+            config,
+        } => {
+            let path = keys_cmd::config_path(config.or(fallback))?;
+            let new = keys_cmd::NewKey {
+                name,
+                scopes,
+                models,
+                expires,
+            };
+            let secret = keys_cmd::create(&path, &new)?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{secret}")?;
+            stdout.flush()?;
+            eprintln!(
+                "llamagate: key {:?} written to {} (its SHA-256 only). This is the only time \
+                 the key is shown: store it now. Send it as `Authorization: Bearer <key>` or \
+                 `x-api-key: <key>`; a running llamagate that watches the file takes it up \
+                 within a second (else send it SIGHUP).",
+                new.name,
+                path.display()
+            );
+        }
+        KeysCommand::List { config } => {
+            let path = keys_cmd::config_path(config.or(fallback))?;
+            print!("{}", keys_cmd::list(&path)?);
+        }
+        KeysCommand::Revoke { name, config } => {
+            let path = keys_cmd::config_path(config.or(fallback))?;
+            match keys_cmd::revoke(&path, &name)? {
+                true => eprintln!(
+                    "llamagate: key {name:?} revoked in {} (disabled = true); a running \
+                     llamagate that watches the file refuses it within a second",
+                    path.display()
+                ),
+                false => eprintln!("llamagate: key {name:?} was revoked already"),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `llamagate plugin ...`

@@ -16,7 +16,7 @@ pub mod fleet;
 pub mod limits;
 pub mod origin;
 
-pub use admin_key::AdminKey;
+pub use admin_key::{AdminAccess, AdminKey, AdminKeys};
 
 use crate::config::limits::{BodyPace, ClientLimits};
 use crate::plugin::Limits;
@@ -81,6 +81,9 @@ pub struct Config {
     /// The key `/llamagate/status` callers must present (`admin_key`,
     /// `admin_key_file`, `LLAMAGATE_ADMIN_KEY`); `None`: loopback callers only.
     pub admin_key: Option<AdminKey>,
+    /// The `[policy.keys]` entries with the `admin` scope, which open
+    /// `/metrics` and `/llamagate/status` too.
+    pub admin_keys: AdminKeys,
     /// On SIGTERM, how long requests in flight (streams) may take to finish.
     pub shutdown_grace: Duration,
     /// Client connection timeouts and the connection cap (`header_timeout`,
@@ -419,6 +422,7 @@ impl Config {
             );
         }
         let policy_json = serde_json::to_string(&policy).context("[policy]")?;
+        let admin_keys = AdminKeys::from_policy(&policy)?;
 
         let (mut plugins, builtin_listed) =
             plugin_specs(file.plugins, "plugins", base, &policy_json)?;
@@ -542,6 +546,7 @@ impl Config {
                     .collect::<Vec<_>>(),
             )?,
             admin_key,
+            admin_keys,
             shutdown_grace: duration(
                 file.shutdown_grace,
                 "shutdown_grace",
@@ -863,7 +868,7 @@ pub fn split_userinfo(url: &str) -> (String, Option<String>) {
 /// A TOML error as `FILE: line L, column C: MESSAGE`, without the `toml`
 /// crate's snippet of the line (which may hold a token) and without the values
 /// the message quotes.
-fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> String {
+pub(crate) fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> String {
     let message = scrub_values(err.message())
         .lines()
         .map(str::trim)

@@ -30,8 +30,9 @@ pub struct Settings {
     pub explain: bool,
     /// Serve the status endpoint.
     pub status: bool,
-    /// The key status callers must present; `None`: loopback callers only.
-    pub admin_key: Option<crate::config::AdminKey>,
+    /// The keys `/metrics` and status callers must present (the admin key,
+    /// admin-scoped `[policy.keys]`); none: loopback callers only.
+    pub admin: crate::config::AdminAccess,
     /// Metrics and the access log, each on or off.
     pub observe: Observe,
     /// The origins browsers may call from.
@@ -131,7 +132,10 @@ pub fn build(
             failover: config.failover.clone(),
             explain: config.explain,
             status: config.status,
-            admin_key: config.admin_key.clone(),
+            admin: crate::config::AdminAccess {
+                key: config.admin_key.clone(),
+                keys: config.admin_keys.clone(),
+            },
             observe: Observe {
                 metrics: config.metrics,
                 access_log: config.access_log,

@@ -95,6 +95,18 @@ fn subcommand_help_lists_only_what_it_uses() {
         "{sim}"
     );
 
+    let (ok, keys) = llamagate(&["keys", "create", "--help"]);
+    assert!(ok, "{keys}");
+    for flag in ["--scope", "--model", "--expires", "--config"] {
+        assert!(
+            keys.contains(flag),
+            "{flag} missing from keys create --help: {keys}"
+        );
+    }
+    for gateway_flag in ["--listen", "--proxy", "--record"] {
+        assert!(!keys.contains(gateway_flag), "keys create --help: {keys}");
+    }
+
     // The gateway keeps every gollamas flag.
     let (ok, serve) = llamagate(&["--help"]);
     assert!(ok, "{serve}");

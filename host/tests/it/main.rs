@@ -25,6 +25,7 @@ mod fleet_figures;
 mod flood;
 mod health;
 mod hot;
+mod keys;
 mod layering;
 mod listings;
 mod management;

@@ -20,22 +20,27 @@
 //!   with `weights` per backend; up and half-open (on trial) before open or down,
 //!   and the replica list's order breaking ties;
 //! - opt-in per model, `num_ctx` snapped to a loaded runner's context or
-//!   rounded up to buckets, so clients that vary it do not make Ollama reload.
+//!   rounded up to buckets, so clients that vary it do not make Ollama reload;
+//! - API keys ([`access`], `[policy.keys]`): stored as SHA-256 hashes,
+//!   scopes, a model allow-list, expiry and revocation; the key's name is the
+//!   request's `principal`, and no backend sees the key.
 
 use std::collections::BTreeMap;
 
 use llamagate_sdk::names;
 use serde::Deserialize;
 
+pub mod access;
 pub mod placement;
 mod rules;
 pub use placement::{Placement, Strategy};
-pub use rules::{create_base, Config, ModelRules, NumCtxSnap, OptionRules};
+pub use rules::{body_strings, create_base, Config, ModelRules, NumCtxSnap, OptionRules};
 
 /// The `policy` export. Compiled natively too, so that its decisions are
 /// unit-tested against the SDK's stand-in fleet.
 mod guest {
     use super::*;
+    use crate::access::{Key, Keys, Refusal};
     use llamagate_sdk::{
         all_backends, backends_for, backends_with_ids, Backend, Decision, Edits, Endpoint,
         JsonValue, ListedModel, OptionEntry, Policy, Request,
@@ -59,28 +64,113 @@ mod guest {
             CONFIG.with(|c| {
                 let c = c.borrow();
                 let config = c.as_ref().expect("init runs first");
-                Decision::Forward(decide(config, &req))
+                on_request(config, &req, llamagate_sdk::time::now())
             })
         }
 
-        fn list_models(_req: Request, models: Vec<ListedModel>) -> Vec<ListedModel> {
+        fn list_models(req: Request, models: Vec<ListedModel>) -> Vec<ListedModel> {
             CONFIG.with(|c| {
                 let c = c.borrow();
                 let config = c.as_ref().expect("init runs first");
-                let shown = config.listing(models.iter().map(|m| m.name.as_str()));
-                shown
-                    .into_iter()
-                    .filter_map(|(name, source)| {
-                        let m = models.iter().find(|m| m.name == source)?;
-                        Some(ListedModel {
-                            name,
-                            source,
-                            backends: m.backends.clone(),
-                        })
-                    })
-                    .collect()
+                list_models(config, &req, models, llamagate_sdk::time::now())
             })
         }
+    }
+
+    /// The decision on one request at `now` (seconds since the Unix epoch):
+    /// the key checked first, when keys are configured, then the routing.
+    fn on_request(config: &Config, req: &Request, now: i64) -> Decision {
+        let key = match &config.keys {
+            Some(keys) => match admit(config, keys, req, now) {
+                Ok(key) => key,
+                Err(refusal) => return refused(refusal),
+            },
+            None => None,
+        };
+        let mut edits = decide(config, req);
+        if let Some(key) = key {
+            edits.principal = Some(key.name.clone());
+            // The key is llamagate's: no backend sees it.
+            edits
+                .remove_headers
+                .extend(["authorization".to_string(), "x-api-key".to_string()]);
+        }
+        Decision::Forward(edits)
+    }
+
+    /// The key of a request, if it may make it: known, in force, with the
+    /// endpoint's scope and, for a key limited to some models, every model the
+    /// request names (a copy's destination and a create's base too: a key
+    /// must not copy a model it may not use into one it may). `Ok(None)`:
+    /// the request needs no key (`GET /`).
+    fn admit<'k>(
+        config: &Config,
+        keys: &'k Keys,
+        req: &Request,
+        now: i64,
+    ) -> Result<Option<&'k Key>, Refusal> {
+        if req.endpoint == Endpoint::Root {
+            return Ok(None);
+        }
+        let key = keys.authenticate(&req.headers, now)?;
+        access::check_scope(key, req.endpoint, &req.path)?;
+        if key.models.is_some() {
+            let mut named: Vec<String> = req.model.iter().cloned().collect();
+            match req.endpoint {
+                Endpoint::Copy => {
+                    named.extend(body_strings(&llamagate_sdk::request_body(), "destination"))
+                }
+                Endpoint::Create => {
+                    named.extend(body_strings(&llamagate_sdk::request_body(), "from"))
+                }
+                _ => {}
+            }
+            for model in &named {
+                access::check_model(key, model, config.resolve_alias(model).as_deref())?;
+            }
+        }
+        Ok(Some(key))
+    }
+
+    /// A refusal in the reply the host words in the API's error shape.
+    fn refused(refusal: Refusal) -> Decision {
+        match refusal {
+            Refusal::Unauthorized(message) => {
+                Decision::reject_with_headers(401, message, &[("www-authenticate", "Bearer")])
+            }
+            Refusal::Forbidden(message) => Decision::reject(403, message),
+        }
+    }
+
+    /// The entries of a merged listing to show: the configured models (and
+    /// aliases, with `list_aliases`), and with keys only those the request's
+    /// key may use (none for a request without a valid key).
+    fn list_models(
+        config: &Config,
+        req: &Request,
+        models: Vec<ListedModel>,
+        now: i64,
+    ) -> Vec<ListedModel> {
+        let key = match &config.keys {
+            Some(keys) => match admit(config, keys, req, now) {
+                Ok(key) => key,
+                Err(_) => return Vec::new(),
+            },
+            None => None,
+        };
+        let shown = config.listing(models.iter().map(|m| m.name.as_str()));
+        shown
+            .into_iter()
+            .filter(|(name, source)| key.is_none_or(|k| k.allows(name, Some(source))))
+            .filter_map(|(name, source)| {
+                let m = models.iter().find(|m| m.name == source)?;
+                Some(ListedModel {
+                    name,
+                    source,
+                    backends: m.backends.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The edits for one request. Asks the host for backends only as the
@@ -531,6 +621,188 @@ mod guest {
             assert_eq!(routed(&c, &create).unwrap(), ["b", "a", "c"]);
             set_body(r#"{"model":"mine"}"#);
             assert_eq!(routed(&c, &create).unwrap(), ["a", "b", "c"]);
+        }
+
+        fn keyed() -> Config {
+            use llamagate_sdk::keys::sha256_hex;
+            config(&format!(
+                r#"{{"aliases":{{"gpt-4o":"llama3.2","fast":"qwen2.5"}},"list_aliases":true,
+                    "keys":{{
+                      "app":{{"hash":"sha256:{}","models":["llama3.2"]}},
+                      "only-alias":{{"hash":"sha256:{}","models":["gpt-4o"]}},
+                      "ops":{{"hash":"sha256:{}","scopes":["manage","inference"],"models":["llama3.2","mine"]}},
+                      "root":{{"hash":"sha256:{}","scopes":["admin"]}}}}}}"#,
+                sha256_hex("lg_app"),
+                sha256_hex("lg_alias"),
+                sha256_hex("lg_ops"),
+                sha256_hex("lg_root"),
+            ))
+        }
+
+        fn status(d: &Decision) -> Option<u16> {
+            d.reply().map(|r| r.status)
+        }
+
+        fn with_key(req: Request, key: &str) -> Request {
+            req.with_header("authorization", &format!("Bearer {key}"))
+        }
+
+        const NOW: i64 = 1_800_000_000;
+
+        #[test]
+        fn a_valid_key_names_the_principal_and_never_reaches_a_backend() {
+            set_fleet([backend("a", &["llama3.2"])]);
+            let c = keyed();
+            let req = with_key(chat("gpt-4o"), "lg_app").with_header("x-api-key", "lg_app");
+            let d = on_request(&c, &req, NOW);
+            let edits = d.edits().expect("forwarded");
+            assert_eq!(edits.principal.as_deref(), Some("app"));
+            assert!(edits.remove_headers.contains(&"authorization".to_string()));
+            assert!(edits.remove_headers.contains(&"x-api-key".to_string()));
+            assert_eq!(
+                edits.model.as_deref(),
+                Some("llama3.2"),
+                "routing still runs"
+            );
+            assert_eq!(edits.backends.as_deref(), Some(&["a".to_string()][..]));
+            // Without keys nothing changes.
+            let plain = on_request(&config("{}"), &chat("llama3.2"), NOW);
+            assert_eq!(plain.edits().unwrap().principal, None);
+            assert!(plain.edits().unwrap().remove_headers.is_empty());
+        }
+
+        #[test]
+        fn refusals_are_401_with_a_challenge_and_403_without() {
+            set_fleet([backend("a", &["llama3.2", "qwen2.5"])]);
+            let c = keyed();
+            let d = on_request(&c, &chat("llama3.2"), NOW);
+            let reply = d.reply().expect("refused");
+            assert_eq!(reply.status, 401);
+            assert_eq!(
+                (
+                    reply.headers[0].name.as_str(),
+                    reply.headers[0].value.as_str()
+                ),
+                ("www-authenticate", "Bearer")
+            );
+            let d = on_request(&c, &with_key(chat("qwen2.5"), "lg_app"), NOW);
+            assert_eq!(status(&d), Some(403));
+            assert!(d.reply().unwrap().headers.is_empty());
+            assert!(!d.reply().unwrap().message.contains("lg_app"));
+            // The alias resolves to a model the key may not use.
+            assert_eq!(
+                status(&on_request(&c, &with_key(chat("fast"), "lg_app"), NOW)),
+                Some(403)
+            );
+            // Listed only as an alias: the alias yes, its target asked directly no.
+            assert_eq!(
+                status(&on_request(&c, &with_key(chat("gpt-4o"), "lg_alias"), NOW)),
+                None
+            );
+            assert_eq!(
+                status(&on_request(
+                    &c,
+                    &with_key(chat("llama3.2"), "lg_alias"),
+                    NOW
+                )),
+                Some(403)
+            );
+            // An inference key may not pull; an unknown path needs admin.
+            let pull = with_key(request(Endpoint::Pull, "llama3.2"), "lg_app");
+            assert_eq!(status(&on_request(&c, &pull, NOW)), Some(403));
+            let other = request(Endpoint::Other, "");
+            assert_eq!(
+                status(&on_request(&c, &with_key(other.clone(), "lg_ops"), NOW)),
+                Some(403)
+            );
+            assert_eq!(
+                status(&on_request(&c, &with_key(other, "lg_root"), NOW)),
+                None
+            );
+            // `GET /` needs no key.
+            assert_eq!(
+                status(&on_request(&c, &request(Endpoint::Root, ""), NOW)),
+                None
+            );
+        }
+
+        #[test]
+        fn a_copy_checks_its_destination_and_a_create_its_base() {
+            set_fleet([backend("a", &["llama3.2", "qwen2.5"])]);
+            let c = keyed();
+            let copy = |source: &str, body: &str| {
+                set_body(body);
+                let req = with_key(request(Endpoint::Copy, source), "lg_ops");
+                status(&on_request(&c, &req, NOW))
+            };
+            assert_eq!(
+                copy("llama3.2", r#"{"source":"llama3.2","destination":"mine"}"#),
+                None
+            );
+            assert_eq!(
+                copy(
+                    "llama3.2",
+                    r#"{"source":"llama3.2","destination":"theirs"}"#
+                ),
+                Some(403)
+            );
+            assert_eq!(
+                copy("qwen2.5", r#"{"source":"qwen2.5","destination":"mine"}"#),
+                Some(403)
+            );
+            // Go would read the second spelling: both are checked.
+            assert_eq!(
+                copy(
+                    "llama3.2",
+                    r#"{"source":"llama3.2","destination":"mine","DESTINATION":"theirs"}"#
+                ),
+                Some(403)
+            );
+            let create = |body: &str| {
+                set_body(body);
+                let req = with_key(request(Endpoint::Create, "mine"), "lg_ops");
+                status(&on_request(&c, &req, NOW))
+            };
+            assert_eq!(create(r#"{"model":"mine","from":"llama3.2"}"#), None);
+            assert_eq!(create(r#"{"model":"mine","from":"qwen2.5"}"#), Some(403));
+            assert_eq!(
+                create(r#"{"model":"mine","from":"fast"}"#),
+                Some(403),
+                "an alias of qwen2.5"
+            );
+            // An admin key without a list may copy anything.
+            set_body(r#"{"source":"qwen2.5","destination":"x"}"#);
+            let req = with_key(request(Endpoint::Copy, "qwen2.5"), "lg_root");
+            assert_eq!(status(&on_request(&c, &req, NOW)), None);
+        }
+
+        #[test]
+        fn listings_show_a_key_its_models_and_no_key_nothing() {
+            let c = keyed();
+            let listed = |name: &str, source: &str| ListedModel {
+                name: name.into(),
+                source: source.into(),
+                backends: vec!["a".into()],
+            };
+            let all = vec![
+                listed("llama3.2:latest", "llama3.2:latest"),
+                listed("qwen2.5:latest", "qwen2.5:latest"),
+            ];
+            let names = |key: Option<&str>| {
+                let mut req = request(Endpoint::Tags, "");
+                if let Some(key) = key {
+                    req = with_key(req, key);
+                }
+                list_models(&c, &req, all.clone(), NOW)
+                    .into_iter()
+                    .map(|m| m.name)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(names(Some("lg_app")), ["llama3.2:latest", "gpt-4o:latest"]);
+            assert_eq!(names(Some("lg_alias")), ["gpt-4o:latest"]);
+            assert_eq!(names(Some("lg_root")).len(), 4);
+            assert!(names(None).is_empty());
+            assert!(names(Some("lg_nope")).is_empty());
         }
 
         #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::access::Keys;
 use crate::placement::Strategy;
 use crate::{names, normalise_keys, OneOrMany};
 
@@ -72,6 +73,9 @@ pub struct Config {
     pub strategy: Strategy,
     /// Backend id -> weight for `round-robin` and `least-busy` (1 when absent).
     pub weights: BTreeMap<String, u32>,
+    /// API keys (`[policy.keys]`); `None`: no table, every request passes.
+    /// An empty table lets no request in.
+    pub keys: Option<Keys>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +102,7 @@ struct RawConfig {
     strategy: Strategy,
     #[serde(default)]
     weights: BTreeMap<String, u32>,
+    keys: Option<BTreeMap<String, Value>>,
 }
 
 fn default_backend_header() -> String {
@@ -147,6 +152,7 @@ impl Config {
             backend_header: raw.backend_header.to_ascii_lowercase(),
             strategy: raw.strategy,
             weights: raw.weights,
+            keys: raw.keys.map(Keys::parse).transpose()?,
         })
     }
 
@@ -380,6 +386,53 @@ pub fn create_base(body: &[u8]) -> Option<String> {
         .ok()
         .flatten()
         .filter(|v| !v.trim().is_empty())
+}
+
+/// Every string a body's top-level members that Ollama's Go could read as
+/// `field` hold: keys matched as `encoding/json` matches them (ASCII case,
+/// and `K` U+212A, `ſ` U+017F, `İ` U+0130, `ı` U+0131 folded) and, looser, as
+/// `encoding/json/v2` would (ignoring `_` and `-`). An access check that
+/// allows all of them allows the one Ollama reads, however the body spells
+/// it. Empty when there is none or the body is not a JSON object.
+pub fn body_strings(body: &[u8], field: &str) -> Vec<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    fn fold(c: char) -> Option<char> {
+        match c {
+            '_' | '-' => None,
+            '\u{212A}' => Some('K'),
+            '\u{017F}' => Some('S'),
+            '\u{0130}' | '\u{0131}' => Some('I'),
+            other => Some(other.to_ascii_uppercase()),
+        }
+    }
+    fn near(key: &str, field: &str) -> bool {
+        key.chars()
+            .filter_map(fold)
+            .eq(field.chars().filter_map(fold))
+    }
+    struct All<'f>(&'f str);
+    impl<'de> Visitor<'de> for All<'_> {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+            let mut all = Vec::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if near(&key, self.0) {
+                    if let Value::String(value) = map.next_value::<Value>()? {
+                        all.push(value);
+                    }
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(all)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_map(All(field)).unwrap_or_default()
 }
 
 fn validate(rules: &ModelRules, prefix: &str) -> Result<(), String> {
@@ -653,6 +706,15 @@ mod tests {
         );
         assert_eq!(c.rules_for("qwen2.5:14b").keep_alive(true), None);
         assert_eq!(c.rules_for("llama3.2").keep_alive(true), Some(&json!("5m")));
+    }
+
+    #[test]
+    fn body_strings_finds_every_spelling_go_could_read() {
+        let body = br#"{"destination":"a","Destination":"b","de\u017ftination":"c",
+            "dest_ination":"d","destinations":"x","n":{"destination":"y"},"DESTINATION":null}"#;
+        assert_eq!(body_strings(body, "destination"), ["a", "b", "c", "d"]);
+        assert!(body_strings(b"[1]", "destination").is_empty());
+        assert!(body_strings(b"{\"destination\":1}", "destination").is_empty());
     }
 
     #[test]

@@ -82,6 +82,13 @@ pub enum KeyError {
     /// same digest in upper and lower case).
     #[error("the key stands for the same token as another entry")]
     Duplicate,
+    /// [`KeyTable::insert_digest`] was given something other than a
+    /// `sha256:` digest (a plaintext token, perhaps).
+    #[error(
+        "must be \"sha256:<64 hex digits>\", the SHA-256 of the key (`llamagate keys create` \
+         writes it; or printf %s \"$KEY\" | sha256sum), never the key itself"
+    )]
+    NotDigest,
 }
 
 /// The SHA-256 of `token` in lowercase hex: what follows [`DIGEST_PREFIX`] in a config.
@@ -185,6 +192,21 @@ impl<V> KeyTable<V> {
             self.plaintext += 1;
         }
         Ok(form)
+    }
+
+    /// Like [`KeyTable::insert`], but only a `sha256:` digest is accepted: a
+    /// plaintext token is refused with [`KeyError::NotDigest`] and the table is
+    /// left as it was.
+    pub fn insert_digest(&mut self, key: &str, value: V) -> Result<(), KeyError> {
+        let (digest, form) = parse_key(key)?;
+        if form != KeyForm::Digest {
+            return Err(KeyError::NotDigest);
+        }
+        if self.entries.iter().any(|(d, _)| *d == digest) {
+            return Err(KeyError::Duplicate);
+        }
+        self.entries.push((digest, value));
+        Ok(())
     }
 
     /// The value of the key `token` stands for, if any. Compares the token's
@@ -350,6 +372,22 @@ mod tests {
             assert!(!message.contains(TOKEN), "{message}");
             assert!(t.is_empty());
         }
+    }
+
+    #[test]
+    fn insert_digest_takes_digests_only() {
+        let mut t = KeyTable::new();
+        assert_eq!(t.insert_digest(TOKEN, 1), Err(KeyError::NotDigest));
+        assert!(t.is_empty(), "nothing kept");
+        assert_eq!(t.insert_digest(&hashed(TOKEN), 1), Ok(()));
+        let upper = format!("SHA256:{}", sha256_hex(TOKEN).to_uppercase());
+        assert_eq!(t.insert_digest(&upper, 2), Err(KeyError::Duplicate));
+        assert_eq!(
+            t.insert_digest("sha256:abc", 3),
+            Err(KeyError::DigestLength { found: 3 })
+        );
+        assert_eq!(t.lookup(TOKEN), Some(&1));
+        assert!(!KeyError::NotDigest.to_string().contains(TOKEN));
     }
 
     #[test]

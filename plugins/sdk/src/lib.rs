@@ -1,6 +1,8 @@
 //! The llamagate plugin SDK.
 //!
 //! - [`names`]: Ollama's model-name rules (always available; the host uses them too).
+//! - [`time`]: dates and RFC 3339 times as configs write them (key expiry), and
+//!   the wall clock (always available).
 //! - [`keys`] (the `keys` feature, on by default): a table of bearer tokens kept as
 //!   SHA-256 digests (`"sha256:<hex>"` in the config) and looked up in constant time.
 //! - With the `guest` feature (on by default): the types of the
@@ -68,6 +70,7 @@
 #![warn(missing_docs)]
 
 pub mod names;
+pub mod time;
 
 #[cfg(feature = "keys")]
 pub mod keys;
