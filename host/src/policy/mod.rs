@@ -533,20 +533,32 @@ fn failure_kind(err: &PluginError) -> &'static str {
 }
 
 /// Permission to call `plugin` inline: when only busy (every inline place
-/// taken, most likely by calls of a few microseconds), yield and ask again a
-/// couple of times before giving up to `spawn_blocking`. Yielding also lets
-/// the worker's queued tasks go first.
+/// taken, most likely by calls of a few microseconds), yield and ask again
+/// for up to [`INLINE_WAIT`] before giving up to `spawn_blocking`. Yielding
+/// also lets the worker's queued tasks go first. (Three bare yields were too
+/// short on two cores, where one inline place exists: the other worker's
+/// call of ~10 µs was often still running, and the request paid for a
+/// blocking-pool hand-off and its wake-ups instead.)
 async fn inline_permit(plugin: &Plugin) -> Option<crate::plugin::Inline> {
-    for _ in 0..3 {
+    let mut since: Option<std::time::Instant> = None;
+    loop {
         tokio::task::yield_now().await;
         match plugin.inline() {
             Ok(inline) => return Some(inline),
             Err(crate::plugin::NotInline::Slow) => return None,
-            Err(crate::plugin::NotInline::Busy) => {}
+            Err(crate::plugin::NotInline::Busy) => {
+                let started = *since.get_or_insert_with(std::time::Instant::now);
+                if started.elapsed() >= INLINE_WAIT {
+                    return None;
+                }
+            }
         }
     }
-    None
 }
+
+/// How long a call waits for an inline place before it runs on tokio's
+/// blocking pool instead.
+const INLINE_WAIT: Duration = Duration::from_micros(50);
 
 /// Makes one `on-request` call: inline on this async worker when
 /// [`Plugin::inline`] allows it (after yielding, so the worker's queued tasks

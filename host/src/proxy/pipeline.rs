@@ -42,7 +42,7 @@ use crate::api::intake::{self, body_error, Intake};
 use crate::config::fleet::Failover;
 use crate::fleet::admission::{Admission, Ask, Permit, Refusal};
 use crate::fleet::{BackendState, Fleet, InFlight, Pass};
-use crate::metrics::{status_class, Metrics, RequestLabels, RouteLabels, TokenLabels};
+use crate::metrics::{status_class, Metrics, RequestLabels};
 use crate::plugin::{Facts, Header};
 use crate::policy::{Outcome, Plan};
 use crate::proxy::body_pace::{paced, BodyDeadline, BodyTimeout};
@@ -1166,10 +1166,6 @@ impl Finishing {
             (Some(model), Some(_)) if (200..300).contains(&self.status) => model.clone(),
             _ => record.model_label.clone(),
         };
-        let route = RouteLabels {
-            endpoint,
-            model: model_label.clone(),
-        };
         m.requests
             .get_or_create(&RequestLabels {
                 endpoint,
@@ -1178,14 +1174,11 @@ impl Finishing {
                 status: status_class(self.status),
             })
             .inc();
-        m.duration
-            .get_or_create(&route)
-            .observe(total.as_secs_f64());
-        m.first_byte
-            .get_or_create(&route)
-            .observe(self.head.as_secs_f64());
+        let route = m.route(endpoint, &model_label);
+        route.duration.observe(total.as_secs_f64());
+        route.first_byte.observe(self.head.as_secs_f64());
         if !complete {
-            m.cut.get_or_create(&route).inc();
+            route.cut.inc();
         }
         if let Some(principal) = &record.principal {
             let tokens = usage.map_or((None, None), |u| (u.prompt_tokens, u.completion_tokens));
@@ -1196,29 +1189,21 @@ impl Finishing {
         };
         if let Some(at) = usage.first_token_at {
             let ttft = at.saturating_duration_since(record.started);
-            m.first_token
-                .get_or_create(&route)
-                .observe(ttft.as_secs_f64());
+            route.first_token.observe(ttft.as_secs_f64());
             if let Some(out) = usage.completion_tokens.filter(|n| *n > 0) {
                 let generating = total.saturating_sub(ttft).as_secs_f64();
                 if generating > 0.0 {
-                    m.tokens_per_second
-                        .get_or_create(&route)
-                        .observe(out as f64 / generating);
+                    route.tokens_per_second.observe(out as f64 / generating);
                 }
             }
         }
-        for (kind, n) in [
-            ("input", usage.prompt_tokens),
-            ("output", usage.completion_tokens),
+        for ((counter, histogram), n) in [
+            (&route.input, usage.prompt_tokens),
+            (&route.output, usage.completion_tokens),
         ] {
             if let Some(n) = n {
-                let labels = TokenLabels {
-                    gen_ai_request_model: model_label.clone(),
-                    gen_ai_token_type: kind,
-                };
-                m.tokens.get_or_create(&labels).inc_by(n);
-                m.token_usage.get_or_create(&labels).observe(n as f64);
+                counter.inc_by(n);
+                histogram.observe(n as f64);
             }
         }
         model_label
