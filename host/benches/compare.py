@@ -194,9 +194,16 @@ http {{
             print(f"{'':22} llamagate/nginx: req/s x{lg_[0] / ng_[0]:.2f}, p99 {lg_[2] - ng_[2]:+.3f} ms; "
                   f"llamagate/direct: req/s x{lg_[0] / d_[0]:.2f}\n")
     finally:
+        # SIGTERM first: nginx's master stops its workers then (a SIGKILLed
+        # master leaves them running).
         for p in procs:
-            p.kill()
-            p.wait()
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
